@@ -1,0 +1,52 @@
+# Differentiable-physics policy learning: every command a user needs. `make help` lists them.
+PYTHON ?= python
+PIP ?= $(PYTHON) -m pip
+# torch goes in first: this version is the CPU wheel cached on the dev machines; any torch >= 2.5 works.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,distributed
+EXP ?= pendulum_compare
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+BACKEND ?= local
+DEVICE ?= cpu
+RESULTS ?= results
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast lint experiment runs aggregate plot report bench clean
+
+help: ## list every target with a one-line description
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: ## install torch first, then the package with its extras (EXTRAS=dev,distributed)
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[$(EXTRAS)]"
+
+test: ## run the whole test suite (benchmarks run once each as plain tests)
+	$(PYTHON) -m pytest -q --benchmark-disable
+
+test-fast: ## run the tests without the slow learning checks
+	$(PYTHON) -m pytest -q --benchmark-disable -m "not slow"
+
+lint: ## ruff check of the package, scripts and tests
+	$(PYTHON) -m ruff check research scripts tests
+
+experiment: ## run experiments/$(EXP).toml (JOBS, BACKEND=local|ray, DEVICE), then aggregate, plot and report
+	$(PYTHON) -m research.experiment experiments/$(EXP).toml --jobs $(JOBS) --backend $(BACKEND) --device $(DEVICE) --results $(RESULTS)
+	$(MAKE) --no-print-directory aggregate plot report EXP=$(EXP) RESULTS=$(RESULTS)
+
+aggregate: ## results/$(EXP)/summary.csv from the run directories
+	$(PYTHON) scripts/aggregate.py $(RESULTS)/$(EXP)
+
+plot: ## results/$(EXP)/figures/*.png from the run directories
+	$(PYTHON) scripts/plot.py $(RESULTS)/$(EXP)
+
+report: ## results/$(EXP)/REPORT.md from the summary and figures
+	$(PYTHON) scripts/report.py $(RESULTS)/$(EXP)
+
+bench: ## speed benchmarks -> results/bench/ (JSON, BENCH.md, throughput plot)
+	mkdir -p results/bench
+	$(PYTHON) -m pytest tests/benchmarks -q --benchmark-only --benchmark-json=results/bench/benchmark.json
+	$(PYTHON) scripts/bench_report.py results/bench/benchmark.json
+
+clean: ## remove caches (never results)
+	rm -rf .pytest_cache .ruff_cache .benchmarks build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,193 @@
+"""A stateless, batched, differentiable Pendulum-v1 as a TorchRL ``EnvBase``.
+
+In the spirit of TorchRL's pendulum tutorial, on current torchrl names. The environment keeps no state: the
+tensordict carries the state (``th``, ``thdot``) and the physical parameters (``params``), so a batch of any shape
+can mix gravities, masses and lengths, and gradients flow from rewards back to actions, states and parameters.
+
+Example::
+
+    env = PendulumEnv(seed=0)
+    td = env.reset(env.gen_params(batch_size=[256]))
+    rollout = env.rollout(100, policy, tensordict=td, auto_reset=False)   # differentiable end to end
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+from research.envs.physics import (
+    DEFAULT_PARAMS,
+    PendulumParams,
+    observation,
+    pendulum_step,
+    sample_initial_state,
+    sample_params,
+    validate_params,
+)
+
+
+class PendulumEnv(EnvBase):
+    """Gymnasium Pendulum-v1 physics, stateless and not batch-locked.
+
+    Keys: state ``th``, ``thdot`` (``[*B]``); parameters ``params/{g, m, l, dt, max_speed, max_torque}`` (``[*B]``);
+    ``action`` ``[*B, 1]``; ``observation`` ``[*B, 3]`` = ``[cos th, sin th, thdot]``; ``reward`` ``[*B, 1]``;
+    ``done``/``terminated``/``truncated`` ``[*B, 1]`` (always ``False``: the task never ends by itself, add
+    ``StepCounter(200)`` for Gymnasium's time limit).
+
+    Args:
+        device: where tensors live.
+        dtype: ``torch.float32`` (default) or ``torch.float64``.
+        seed: seed of the environment's own ``torch.Generator`` (the global RNG is never touched).
+        batch_size: default batch shape used when ``reset`` gets no tensordict (``[]`` by default). Any other batch
+            shape works by passing ``env.gen_params(batch_size=...)`` to ``reset``.
+        param_ranges: optional domain randomisation, e.g. ``{"g": (8.0, 12.0)}``; used by ``gen_params`` when it
+            is called without explicit values.
+        validate: check actions and parameters at every step (one host sync per step). Turn off for raw speed.
+
+    A non-finite action is not rejected: ``+-inf`` saturates at ``+-max_torque`` and ``NaN`` propagates into the
+    next state and reward (see :mod:`research.envs.physics`).
+    """
+
+    metadata = {"render_modes": [], "render_fps": 20}
+    batch_locked = False
+
+    def __init__(
+        self,
+        device: torch.device | str | None = "cpu",
+        dtype: torch.dtype = torch.float32,
+        seed: int | None = None,
+        batch_size: Sequence[int] = (),
+        param_ranges: Mapping[str, tuple[float, float]] | None = None,
+        validate: bool = True,
+    ) -> None:
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        super().__init__(device=device, batch_size=torch.Size(batch_size))
+        self.dtype = dtype
+        self.param_ranges = dict(param_ranges or {})
+        self.validate = validate
+        self.rng: torch.Generator | None = None
+        self._make_specs()
+        if seed is None:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        self.set_seed(seed)
+
+    # ------------------------------------------------------------------ parameters
+    def gen_params(self, batch_size: Sequence[int] | None = None, **values: float) -> TensorDict:
+        """A tensordict ``{"params": {...}}`` of batch shape ``batch_size``.
+
+        Keyword values (e.g. ``g=9.81``) set a parameter for the whole batch; otherwise parameters named in the
+        env's ``param_ranges`` are drawn uniformly (with the env's generator) and the rest take Gymnasium's values.
+        """
+        batch = torch.Size(self.batch_size if batch_size is None else batch_size)
+        unknown = set(values) - set(DEFAULT_PARAMS)
+        if unknown:
+            raise ValueError(f"unknown physical parameter(s) {sorted(unknown)}; expected some of {list(DEFAULT_PARAMS)}")
+        ranges = {k: v for k, v in self.param_ranges.items() if k not in values}
+        params = sample_params(batch, ranges, generator=self.rng, device=self.device, dtype=self.dtype)._asdict()
+        for name, value in values.items():
+            params[name] = torch.full(batch, float(value), device=self.device, dtype=self.dtype)
+        validate_params(params)
+        return TensorDict({"params": TensorDict(params, batch_size=batch)}, batch_size=batch, device=self.device)
+
+    # ------------------------------------------------------------------ specs
+    def _make_specs(self) -> None:
+        batch = self.batch_size
+        scalar = dict(shape=(), dtype=self.dtype, device=self.device)
+        params_spec = Composite({name: Unbounded(**scalar) for name in DEFAULT_PARAMS}, shape=())
+        observation_spec = Composite(
+            th=Unbounded(**scalar),
+            thdot=Unbounded(**scalar),
+            params=params_spec,
+            observation=Unbounded(shape=(3,), dtype=self.dtype, device=self.device),
+            shape=(),
+        )
+        state_spec = Composite(th=Unbounded(**scalar), thdot=Unbounded(**scalar), params=params_spec.clone(), shape=())
+        flag = dict(n=2, shape=(1,), dtype=torch.bool, device=self.device)
+        done_spec = Composite(
+            done=Categorical(**flag), terminated=Categorical(**flag), truncated=Categorical(**flag), shape=()
+        )
+        # Specs lead with the env's default batch shape; the env is not batch-locked, so other shapes still work.
+        self.observation_spec = observation_spec.expand(batch)
+        self.state_spec = state_spec.expand(batch)
+        self.done_spec = done_spec.expand(batch)
+        self.action_spec = Bounded(
+            low=-DEFAULT_PARAMS["max_torque"],
+            high=DEFAULT_PARAMS["max_torque"],
+            shape=(*batch, 1),
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self.reward_spec = Unbounded(shape=(*batch, 1), dtype=self.dtype, device=self.device)
+
+    # ------------------------------------------------------------------ EnvBase API
+    def _set_seed(self, seed: int | None) -> None:
+        rng = torch.Generator(device=self.device)
+        rng.manual_seed(int(seed) if seed is not None else 0)
+        self.rng = rng
+
+    def _reset(self, tensordict: TensorDictBase | None, **kwargs) -> TensorDict:
+        if tensordict is None or "params" not in tensordict.keys():
+            batch = self.batch_size if tensordict is None else tensordict.batch_size
+            params = self.gen_params(batch_size=batch)["params"]
+        else:
+            params = tensordict["params"]
+            validate_params(params, tensordict.batch_size)
+        batch = params.batch_size
+        th, thdot = sample_initial_state(batch, generator=self.rng, device=self.device, dtype=self.dtype)
+        done = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
+        return TensorDict(
+            {
+                "th": th,
+                "thdot": thdot,
+                "params": params,
+                "observation": observation(th, thdot),
+                "done": done,
+                "terminated": done.clone(),
+                "truncated": done.clone(),
+            },
+            batch_size=batch,
+            device=self.device,
+        )
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDict:
+        th, thdot, action = tensordict["th"], tensordict["thdot"], tensordict["action"]
+        if self.validate:
+            self._check_step_input(tensordict, th, thdot, action)
+        params = PendulumParams.from_mapping(tensordict["params"])
+        next_th, next_thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), params)
+        done = torch.zeros((*th.shape, 1), dtype=torch.bool, device=th.device)
+        return TensorDict(
+            {
+                "th": next_th,
+                "thdot": next_thdot,
+                "params": tensordict["params"],
+                "observation": observation(next_th, next_thdot),
+                "reward": reward.unsqueeze(-1),
+                "done": done,
+                "terminated": done.clone(),
+                "truncated": done.clone(),
+            },
+            batch_size=tensordict.batch_size,
+            device=self.device,
+        )
+
+    @staticmethod
+    def _check_step_input(td: TensorDictBase, th: torch.Tensor, thdot: torch.Tensor, action: torch.Tensor) -> None:
+        batch = tuple(td.batch_size)
+        if action.ndim == 0 or action.shape[-1] != 1:
+            raise ValueError(f"action must have shape [*batch, 1] = {[*batch, 1]}, got {list(action.shape)}")
+        if tuple(action.shape[:-1]) != batch:
+            raise ValueError(
+                f"action has batch shape {list(action.shape[:-1])}, which does not match the state's batch shape "
+                f"{list(batch)}; expected an action of shape {[*batch, 1]}"
+            )
+        for name, value in (("th", th), ("thdot", thdot)):
+            if tuple(value.shape) != batch:
+                raise ValueError(f"{name} must have shape {list(batch)} (the batch shape), got {list(value.shape)}")
+        validate_params(td["params"], batch)
