@@ -1,0 +1,245 @@
+"""Typed configuration: TOML experiment files parsed into dataclasses, with errors that name the key.
+
+An experiment file holds one table per algorithm (``[bptt]``, ``[ddpg]``, ...) and an optional ``[experiment]``
+table (seeds, algorithms, description) used by ``make experiment``::
+
+    [experiment]
+    seeds = [0, 1, 2]
+    algos = ["bptt"]
+
+    [bptt]
+    iterations = 300
+    [bptt.eval]
+    interval_env_steps = 256_000
+
+Each algorithm's table is parsed into its config dataclass (e.g. :class:`research.algos.bptt.BPTTConfig`). Unknown
+keys and wrong types raise :class:`ConfigError` naming the key and what is allowed. Fields are documented by the
+string under each field (read the source or ``python -m research.train --algo NAME --show-config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import tomllib
+
+from research.evaluation import EVAL_EPISODES, EVAL_SEED
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key and the valid choices."""
+
+
+@dataclass
+class EnvConfig:
+    """Which simulator a method trains on, and how."""
+
+    backend: Literal["simulator", "gymnasium"] = "simulator"
+    """'simulator': our batched PendulumEnv; 'gymnasium': torchrl's GymEnv('Pendulum-v1') (DDPG only)."""
+    episode_length: int = 200
+    """Steps after which an episode is truncated (Gymnasium's time limit is 200)."""
+    param_ranges: dict[str, list[float]] = field(default_factory=dict)
+    """Domain randomisation for training: {name: [low, high]} for g, m, l, dt, max_speed, max_torque."""
+
+    def __post_init__(self) -> None:
+        if self.episode_length <= 0:
+            raise ConfigError(f"env.episode_length must be > 0, got {self.episode_length}")
+        for name, bounds in self.param_ranges.items():
+            if len(bounds) != 2 or bounds[0] > bounds[1]:
+                raise ConfigError(f"env.param_ranges.{name} must be [low, high] with low <= high, got {bounds}")
+
+
+@dataclass
+class EvalConfig:
+    """How often and on what the shared evaluator scores the policy during training."""
+
+    interval_env_steps: int = 500_000
+    """Evaluate each time this many more environment steps have been simulated (and once at the end)."""
+    episodes: int = EVAL_EPISODES
+    """Number of fixed initial states (the protocol uses 1000)."""
+    seed: int = EVAL_SEED
+    """Seed of the fixed evaluation states; disjoint from training seeds."""
+
+    def __post_init__(self) -> None:
+        if self.interval_env_steps <= 0:
+            raise ConfigError(f"eval.interval_env_steps must be > 0, got {self.interval_env_steps}")
+        if self.episodes <= 0:
+            raise ConfigError(f"eval.episodes must be > 0, got {self.episodes}")
+
+
+@dataclass
+class RunConfig:
+    """Fields every algorithm shares."""
+
+    seed: int = 0
+    """Training seed (torch and the env's generator); must differ from eval.seed."""
+    device: str = "cpu"
+    """'cpu', 'cuda' or 'cuda:N'."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Floating-point type of the simulation and networks."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    """Widths of the policy MLP's hidden layers."""
+    activation: Literal["tanh", "relu", "elu", "silu"] = "tanh"
+    """Hidden activation of the policy MLP."""
+    max_wall_time_s: float = 0.0
+    """Stop training after this many seconds (0 = no limit); the final evaluation still runs."""
+    max_consecutive_skips: int = 10
+    """Stop with an error after this many consecutive updates skipped for a non-finite loss or gradient."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Training environment."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation schedule."""
+
+    def __post_init__(self) -> None:
+        if self.seed == self.eval.seed:
+            raise ConfigError(f"seed must differ from eval.seed ({self.eval.seed}): evaluation states stay unseen")
+        if self.max_wall_time_s < 0:
+            raise ConfigError(f"max_wall_time_s must be >= 0, got {self.max_wall_time_s}")
+        if self.max_consecutive_skips <= 0:
+            raise ConfigError(f"max_consecutive_skips must be > 0, got {self.max_consecutive_skips}")
+
+
+@dataclass
+class ExperimentConfig:
+    """The ``[experiment]`` table: what ``make experiment`` runs."""
+
+    description: str = ""
+    """One line on what the experiment asks."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Training seeds; every algorithm runs every seed."""
+    algos: list[str] = field(default_factory=list)
+    """Algorithms to run (each needs its own table); empty = every algorithm table in the file."""
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table of {sorted(f.name for f in dataclasses.fields(tp))}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, Sequence, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(args[0] if args else Any, item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table, got {type(value).__name__} {value!r}")
+        return {str(k): _coerce(args[1] if args else Any, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Builds the dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys are {names}")
+    kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{err}" if prefix and not str(err).startswith(prefix) else str(err)) from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass."""
+    return dataclasses.asdict(config)
+
+
+def config_hash(config: Any) -> str:
+    """A short stable hash of a resolved config (used to tell whether a finished run can be reused)."""
+    blob = json.dumps(to_dict(config), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"env.backend=gymnasium"`` -> ``(["env", "backend"], "gymnasium")``; values are read as TOML when possible."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Returns a copy of ``data`` with each ``key=value`` of ``overrides`` set (dotted keys reach nested tables)."""
+    data = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is not a table")
+        node[path[-1]] = value
+    return data
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Reads an experiment file; a missing file names the experiments that exist."""
+    path = Path(path)
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.toml")) if path.parent.is_dir() else []
+        raise ConfigError(f"experiment file {str(path)!r} not found; available in {path.parent}/: {available}")
+    with path.open("rb") as handle:
+        try:
+            return tomllib.load(handle)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: invalid TOML: {err}") from None

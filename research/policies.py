@@ -1,0 +1,128 @@
+"""The deterministic, torque-squashed MLP policy every method shares, and its save/load format.
+
+The network is a torchrl ``MLP`` whose output goes through ``max_torque * tanh(.)``: the action always lies inside the
+torque range, so the clip inside the physics never zeroes the gradient. The same ``SquashedMLP`` object is used as
+a plain ``observation -> action`` module (fused rollouts, evaluation, :func:`load_policy`) and, wrapped by
+:func:`make_actor`, as a TorchRL ``Actor`` reading ``observation`` and writing ``action`` (``env.rollout``, DDPG).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModuleBase
+from torch import Tensor, nn
+from torchrl.modules import MLP, Actor
+
+from research.envs.physics import MAX_TORQUE
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+POLICY_FORMAT = "research.SquashedMLP/1"
+
+
+class SquashedMLP(nn.Module):
+    """``observation [..., 3] -> action [..., 1]``: an MLP followed by ``max_torque * tanh``.
+
+    Args:
+        hidden_sizes: widths of the hidden layers, e.g. ``(64, 64)``.
+        activation: one of ``tanh``, ``relu``, ``elu``, ``silu``.
+        max_torque: bound of the action range.
+        obs_dim, act_dim: input and output sizes (3 and 1 for the pendulum).
+    """
+
+    def __init__(
+        self,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        max_torque: float = MAX_TORQUE,
+        obs_dim: int = 3,
+        act_dim: int = 1,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if not hidden_sizes or any(int(h) <= 0 for h in hidden_sizes):
+            raise ValueError(f"hidden_sizes must be a non-empty list of positive widths, got {list(hidden_sizes)}")
+        self.spec = {
+            "hidden_sizes": [int(h) for h in hidden_sizes],
+            "activation": activation,
+            "max_torque": float(max_torque),
+            "obs_dim": int(obs_dim),
+            "act_dim": int(act_dim),
+        }
+        self.net = MLP(
+            in_features=obs_dim,
+            out_features=act_dim,
+            num_cells=list(self.spec["hidden_sizes"]),
+            activation_class=ACTIVATIONS[activation],
+        )
+        self.max_torque = float(max_torque)
+
+    def forward(self, observation: Tensor) -> Tensor:
+        return self.max_torque * torch.tanh(self.net(observation))
+
+
+def make_policy(
+    hidden_sizes: Sequence[int] = (64, 64),
+    activation: str = "tanh",
+    max_torque: float = MAX_TORQUE,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> SquashedMLP:
+    """A freshly initialised :class:`SquashedMLP` on ``device`` in ``dtype`` (seed torch beforehand)."""
+    return SquashedMLP(hidden_sizes, activation, max_torque).to(device=device, dtype=dtype)
+
+
+def make_actor(policy: SquashedMLP) -> Actor:
+    """Wraps the network as a TorchRL ``Actor`` (``observation`` -> ``action``), sharing its parameters."""
+    return Actor(policy, in_keys=["observation"], out_keys=["action"])
+
+
+def as_tensor_policy(policy: nn.Module | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Accepts a plain ``observation -> action`` module or a TensorDict module and returns a tensor function."""
+    if isinstance(policy, Actor) and isinstance(policy.module, nn.Module) and policy.in_keys == ["observation"]:
+        return policy.module
+    if isinstance(policy, TensorDictModuleBase):
+
+        def call(observation: Tensor) -> Tensor:
+            td = TensorDict({"observation": observation}, batch_size=observation.shape[:-1])
+            return policy(td)["action"]
+
+        return call
+    return policy
+
+
+def save_policy(policy: SquashedMLP, path: str | os.PathLike) -> None:
+    """Writes ``policy.pt`` atomically: the constructor arguments and a CPU ``float32`` state dict."""
+    if isinstance(policy, Actor):
+        policy = policy.module
+    if not isinstance(policy, SquashedMLP):
+        raise TypeError(f"save_policy expects a SquashedMLP, got {type(policy).__name__}")
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in policy.state_dict().items()}
+    payload: dict[str, Any] = {"format": POLICY_FORMAT, "spec": dict(policy.spec), "state_dict": state}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_policy(path: str | os.PathLike) -> SquashedMLP:
+    """Loads a ``policy.pt`` written by any trainer of this project.
+
+    Returns a CPU ``float32`` module in eval mode mapping ``observation [..., 3] = [cos th, sin th, thdot]`` to
+    ``action [..., 1]``; no other set-up is needed::
+
+        policy = research.load_policy("results/pendulum_compare/bptt/seed_0/policy.pt")
+        action = policy(torch.tensor([1.0, 0.0, 0.0]))
+    """
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
+        raise ValueError(f"{path} is not a policy file of this project (expected format {POLICY_FORMAT!r})")
+    policy = SquashedMLP(**payload["spec"])
+    policy.load_state_dict(payload["state_dict"])
+    return policy.eval()

@@ -1,0 +1,89 @@
+"""Command line for one training run, backed by the pure :func:`train`.
+
+    python -m research.train --config experiments/bptt_default.toml --algo bptt --seed 0 [--set key=value ...]
+
+Writes ``<results>/<experiment>/<algo>/seed_<k>/`` (see :mod:`research.runs`); the experiment's name is the file's
+stem. ``--set`` takes dotted keys inside the algorithm's table (``--set lr=1e-3 --set env.backend=gymnasium``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from research.algos import ALGOS, get_algo
+from research.config import ConfigError, apply_overrides, from_dict, load_toml
+from research.runs import RunWriter, run_dir
+
+
+def resolve_config(algo: str, table: Mapping[str, Any], seed: int | None = None,
+                   overrides: Sequence[str] = ()) -> Any:
+    """The typed config of ``algo`` from its TOML table, a seed and ``key=value`` overrides."""
+    config_cls, _ = get_algo(algo)
+    data = apply_overrides(dict(table), overrides)
+    if seed is not None:
+        data["seed"] = seed
+    try:
+        return from_dict(config_cls, data, prefix=f"{algo}.")
+    except ConfigError as err:
+        raise ConfigError(str(err)) from None
+
+
+def train(config: Any, algo: str, out_dir: str | Path | None = None, experiment: str = "",
+          quiet: bool = True) -> dict:
+    """Runs one training run; writes the run directory when ``out_dir`` is given. Returns the summary."""
+    _, trainer = get_algo(algo)
+    writer = RunWriter(out_dir, algo, config, experiment) if out_dir is not None else None
+    return trainer(config, writer=writer, quiet=quiet)
+
+
+def experiment_table(path: str | Path, algo: str) -> dict[str, Any]:
+    """The algorithm's table of an experiment file (an empty table when the file has none)."""
+    data = load_toml(path)
+    known = set(ALGOS) | {"experiment"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{path}: unknown table [{key}]; expected [experiment] or one of {list(ALGOS)}")
+    return dict(data.get(algo, {}))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m research.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="experiment TOML file (default: the algorithm's defaults)")
+    parser.add_argument("--algo", required=True, choices=ALGOS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field (dotted keys for nested tables); repeatable")
+    parser.add_argument("--device", help="shorthand for --set device=...")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="root of the run directories")
+    parser.add_argument("--experiment", help="experiment name (default: the config file's stem, else 'default')")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    overrides = list(args.overrides) + ([f"device={json.dumps(args.device)}"] if args.device else [])
+    try:
+        table = experiment_table(args.config, args.algo) if args.config else {}
+        config = resolve_config(args.algo, table, args.seed, overrides)
+    except (ConfigError, ValueError) as err:
+        parser.error(str(err))
+    if args.show_config:
+        from research.config import to_dict
+
+        print(json.dumps(to_dict(config), indent=2))
+        return 0
+    experiment = args.experiment or (args.config.stem if args.config else "default")
+    out = run_dir(args.results, experiment, args.algo, config.seed)
+    summary = train(config, args.algo, out, experiment, quiet=args.quiet)
+    print(json.dumps({"run_dir": str(out), **summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
