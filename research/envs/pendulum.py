@@ -43,8 +43,9 @@ class PendulumEnv(EnvBase):
         device: where tensors live.
         dtype: ``torch.float32`` (default) or ``torch.float64``.
         seed: seed of the environment's own ``torch.Generator`` (the global RNG is never touched).
-        batch_size: default batch shape used when ``reset`` gets no tensordict (``[]`` by default). Any other batch
-            shape works by passing ``env.gen_params(batch_size=...)`` to ``reset``.
+        batch_size: default batch shape used when ``reset`` gets no tensordict (``[]`` by default). With the default
+            ``[]``, any batch shape works by passing ``env.gen_params(batch_size=...)`` to ``reset``; an env built
+            with a non-empty ``batch_size`` is held to it by torchrl.
         param_ranges: optional domain randomisation, e.g. ``{"g": (8.0, 12.0)}``; used by ``gen_params`` when it
             is called without explicit values.
         validate: check actions and parameters at every step (one host sync per step). Turn off for raw speed.
@@ -70,6 +71,7 @@ class PendulumEnv(EnvBase):
         super().__init__(device=device, batch_size=torch.Size(batch_size))
         self.dtype = dtype
         self.param_ranges = dict(param_ranges or {})
+        sample_params((), self.param_ranges, device=device, dtype=dtype)  # fails early on unknown names or bad ranges
         self.validate = validate
         self.rng: torch.Generator | None = None
         self._make_specs()
