@@ -1,0 +1,413 @@
+"""Runs an experiment file: every (algorithm, seed) as its own process, resumable, locally or on Ray.
+
+    python -m research.experiment experiments/pendulum_compare.toml --jobs 2 --backend local --device cpu
+
+The ``[experiment]`` table names the seeds and algorithms (default: every algorithm table in the file); each run
+writes ``<results>/<experiment>/<algo>/seed_<k>/`` (see :mod:`research.runs`). Resume rules, checked for every run
+before anything starts:
+
+- ``summary.json`` present with the same ``config_hash`` as the resolved config: finished, skipped;
+- ``summary.json`` present with another hash: the config changed, the run is deleted and run again (logged);
+- a directory without ``summary.json`` (a run killed midway): deleted and run again from scratch.
+
+Runs execute in a process pool (``backend="local"``, spawned processes, one run per process) or as Ray tasks
+(``backend="ray"``: the cluster at ``RAY_ADDRESS``, else a local one). Ray tasks train in a scratch directory on
+their node and send the files back, so a cluster needs no shared filesystem. ``<results>/<experiment>/experiment.json``
+lists the planned runs and their config hashes; the scripts in ``scripts/`` aggregate exactly those runs.
+
+An experiment file with a ``[gradient_study]`` table is not a set of training runs: it is handed to
+:func:`research.gradient_study.run_gradient_study`, which writes its own outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from research.algos import ALGOS
+from research.config import ConfigError, ExperimentConfig, config_hash, from_dict, load_toml
+from research.runs import atomic_write_json, run_dir
+from research.train import resolve_config, train
+
+log = logging.getLogger("research.experiment")  # the same name when run with -m
+
+GRADIENT_STUDY = "gradient_study"
+MANIFEST = "experiment.json"
+Backend = Literal["local", "ray"]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (algorithm, seed) of an experiment with its resolved config."""
+
+    algo: str
+    seed: int
+    config: Any
+    run_dir: Path
+    config_hash: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.algo}/seed_{self.seed}"
+
+
+@dataclass
+class ExperimentPlan:
+    """An experiment file resolved into runs."""
+
+    name: str
+    path: Path
+    settings: ExperimentConfig
+    directory: Path
+    runs: list[PlannedRun]
+
+
+@dataclass
+class ExperimentOutcome:
+    """What :func:`run_experiment` did: runs skipped as finished, completed now, and failed (with the error)."""
+
+    plan: ExperimentPlan
+    skipped: list[PlannedRun] = field(default_factory=list)
+    completed: dict[str, dict] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+# ---------------------------------------------------------------------------------------------------- planning
+def load_experiment(path: str | Path, results: str | Path = "results", device: str | None = None) -> ExperimentPlan:
+    """Resolves an experiment file into its runs; ``device`` (e.g. ``"cpu"``) overrides every run's device.
+
+    Raises :class:`ConfigError` for a missing file (listing the experiments that exist), an unknown table or
+    algorithm (listing the valid ones), no algorithm at all, or an invalid config value.
+    """
+    path = Path(path)
+    data = load_toml(path)
+    if GRADIENT_STUDY in data:
+        raise ConfigError(f"{path} is a gradient study, not a set of training runs: run_experiment() hands it to "
+                          "research.gradient_study")
+    for key in data:
+        if key not in ALGOS and key != "experiment":
+            raise ConfigError(f"{path}: unknown table [{key}]; expected [experiment] or one of {list(ALGOS)}")
+    settings = from_dict(ExperimentConfig, data.get("experiment", {}), prefix="experiment.")
+    algos = settings.algos or [key for key in data if key in ALGOS]
+    for algo in algos:
+        if algo not in ALGOS:
+            raise ConfigError(f"{path}: unknown algorithm {algo!r} in experiment.algos; valid: {list(ALGOS)}")
+    if not algos:
+        raise ConfigError(f"{path}: no algorithm to run; add a table such as [bptt] or list experiment.algos")
+    if not settings.seeds or len(set(settings.seeds)) != len(settings.seeds):
+        raise ConfigError(f"{path}: experiment.seeds must be a non-empty list of distinct seeds, got {settings.seeds}")
+    overrides = [f"device={json.dumps(device)}"] if device else []
+    runs = []
+    for algo in algos:
+        for seed in settings.seeds:
+            try:
+                config = resolve_config(algo, data.get(algo, {}), seed, overrides)
+            except ImportError as err:
+                raise ConfigError(f"algorithm {algo!r} is registered but cannot be imported: {err}") from None
+            runs.append(PlannedRun(algo, seed, config, run_dir(results, path.stem, algo, seed), config_hash(config)))
+    return ExperimentPlan(path.stem, path, settings, Path(results) / path.stem, runs)
+
+
+def run_status(run: PlannedRun) -> Literal["done", "changed", "incomplete", "new"]:
+    """``done``: finished with this config; ``changed``: finished with another; ``incomplete``: started, unfinished."""
+    summary_path = run.run_dir / "summary.json"
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return "incomplete"
+        return "done" if summary.get("config_hash") == run.config_hash else "changed"
+    return "incomplete" if run.run_dir.exists() else "new"
+
+
+def write_manifest(plan: ExperimentPlan) -> None:
+    """``experiment.json``: the planned runs and their config hashes, read by the aggregation scripts."""
+    plan.directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan.directory / MANIFEST, {
+        "experiment": plan.name,
+        "source": str(plan.path),
+        "description": plan.settings.description,
+        "seeds": plan.settings.seeds,
+        "algos": list(dict.fromkeys(run.algo for run in plan.runs)),
+        "runs": [{"algo": run.algo, "seed": run.seed, "config_hash": run.config_hash,
+                  "path": str(run.run_dir.relative_to(plan.directory))} for run in plan.runs],
+    })
+
+
+def _unplanned_run_dirs(plan: ExperimentPlan) -> list[str]:
+    planned = {run.run_dir.resolve() for run in plan.runs}
+    found = (p for p in plan.directory.glob("*/seed_*") if p.is_dir() and p.resolve() not in planned)
+    return sorted(str(p.relative_to(plan.directory)) for p in found)
+
+
+# ---------------------------------------------------------------------------------------------------- workers
+def default_threads(jobs: int) -> int:
+    """Torch threads per run so that ``jobs`` parallel runs share the machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+def execute_run(algo: str, config: Any, out_dir: str | Path, experiment: str, threads: int) -> dict:
+    """Body of one worker: trains ``algo`` with ``threads`` torch threads into ``out_dir``; returns the summary."""
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.getLogger("torchrl").setLevel(logging.WARNING)  # one progress bar, not every worker's info lines
+    return train(config, algo, out_dir, experiment, quiet=True)
+
+
+def execute_run_packed(algo: str, config: Any, experiment: str, threads: int) -> tuple[dict, dict[str, bytes]]:
+    """Trains into a scratch directory and returns ``(summary, {file name: contents})`` (Ray tasks, any node)."""
+    with tempfile.TemporaryDirectory(prefix="research-run-") as scratch:
+        summary = execute_run(algo, config, scratch, experiment, threads)
+        files = {p.name: p.read_bytes() for p in Path(scratch).iterdir() if p.is_file() and not p.name.startswith(".")}
+    return summary, files
+
+
+def unpack_run(out_dir: Path, files: dict[str, bytes]) -> None:
+    """Writes a packed run into ``out_dir``, atomically per file and ``summary.json`` last."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in sorted(files, key=lambda n: n == "summary.json"):
+        tmp = out_dir / f".{name}.{os.getpid()}.tmp"
+        tmp.write_bytes(files[name])
+        os.replace(tmp, out_dir / name)
+
+
+OnDone = Callable[[PlannedRun, "dict | None", "str | None"], None]
+
+
+def process_context(runs: Sequence[PlannedRun]) -> BaseContext:
+    """Where run processes come from: a fork server that has imported torch and the trainers once (Linux, macOS),
+    so each run starts in a fresh process within milliseconds; plain spawning elsewhere."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    # Takes effect when the server starts (the first run of this Python process); later runs import what they lack.
+    context.set_forkserver_preload(["research.train", *sorted({type(r.config).__module__ for r in runs})])
+    return context
+
+
+def _run_child(run: PlannedRun, experiment: str, threads: int, results: Connection) -> None:
+    """Entry point of a run's process: sends back ``("ok", summary)`` or ``("error", message)``."""
+    try:
+        results.send(("ok", execute_run(run.algo, run.config, run.run_dir, experiment, threads)))
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which decides
+        results.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+    finally:
+        results.close()
+
+
+def _execute_local(runs: list[PlannedRun], experiment: str, jobs: int, threads: int, on_done: OnDone) -> None:
+    # A fresh process per run: no state (RNG, compile caches, thread pools) leaks from one run to the next.
+    context = process_context(runs)
+    waiting = list(runs)
+    running: dict[Connection, tuple[PlannedRun, BaseProcess]] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                run = waiting.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_run_child, args=(run, experiment, threads, send), name=run.name)
+                process.start()
+                send.close()  # the child holds the only writer: its exit makes `receive` ready (EOF)
+                running[receive] = (run, process)
+            for receive in wait(list(running)):
+                run, process = running.pop(receive)
+                try:
+                    status, payload = receive.recv()
+                except EOFError:
+                    status, payload = "error", None
+                receive.close()
+                process.join()
+                if status == "ok":
+                    on_done(run, payload, None)
+                else:
+                    on_done(run, None, payload or f"its process died (exit code {process.exitcode})")
+    finally:
+        for _, process in running.values():  # interrupted: stop the runs still going
+            process.terminate()
+            process.join()
+
+
+def _execute_ray(runs: list[PlannedRun], experiment: str, jobs: int, cpus_per_run: int, gpus_per_run: float,
+                 quiet: bool, on_done: OnDone) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("backend 'ray' needs the optional Ray extra: pip install -e '.[distributed]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            log.info("connecting to the Ray cluster at %s", address)
+            ray.init(address=address, log_to_driver=not quiet)
+        else:
+            log.info("starting a local Ray instance with %d CPUs", jobs * cpus_per_run)
+            ray.init(num_cpus=jobs * cpus_per_run, include_dashboard=False, log_to_driver=not quiet)
+    try:
+        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(execute_run_packed)
+        refs = {task.remote(r.algo, r.config, experiment, cpus_per_run): r for r in runs}
+        pending = list(refs)
+        try:
+            while pending:
+                finished, pending = ray.wait(pending, num_returns=1)
+                for ref in finished:
+                    run = refs[ref]
+                    try:
+                        summary, files = ray.get(ref)
+                    except Exception as err:  # noqa: BLE001 - a failed task fails its run, not the experiment
+                        on_done(run, None, f"{type(err).__name__}: {err}")
+                        continue
+                    unpack_run(run.run_dir, files)
+                    on_done(run, summary, None)
+        except BaseException:
+            for ref in pending:  # interrupted: free the cluster of the runs still going
+                ray.cancel(ref, force=True)
+            raise
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+def run_experiment(path: str | Path, results: str | Path = "results", jobs: int | None = None,
+                   backend: Backend = "local", device: str | None = None, quiet: bool = False,
+                   cpus_per_run: int | None = None, gpus_per_run: float | None = None) -> ExperimentOutcome | Any:
+    """Runs every unfinished (algorithm, seed) of the experiment file ``path`` into ``<results>/<name>/``.
+
+    Args:
+        jobs: runs at a time (default: the core count); each run gets ``cores // jobs`` torch threads.
+        backend: ``"local"`` (process pool) or ``"ray"`` (``RAY_ADDRESS``'s cluster, else a local one).
+        device: overrides every run's device (``"cpu"``, ``"cuda"``); ``None`` keeps the file's.
+        cpus_per_run, gpus_per_run: resources per run (default ``cores // jobs`` CPUs; 1 GPU when on CUDA);
+            on Ray they are the task's resource request.
+
+    Returns:
+        An :class:`ExperimentOutcome` (a failed run is reported there, and the other runs still finish); for a
+        ``[gradient_study]`` file, whatever :func:`research.gradient_study.run_gradient_study` returns.
+    """
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
+    if GRADIENT_STUDY in load_toml(path):
+        from research.gradient_study import run_gradient_study
+
+        return run_gradient_study(path, results, device=device, quiet=quiet)
+
+    plan = load_experiment(path, results, device)
+    jobs = jobs or os.cpu_count() or 1
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    cpus_per_run = cpus_per_run or default_threads(jobs)
+    outcome = ExperimentOutcome(plan)
+    pending = []
+    for run in plan.runs:
+        status = run_status(run)
+        if status == "done":
+            outcome.skipped.append(run)
+            continue
+        if status == "changed":
+            log.info("%s: the config changed since it ran (hash now %s): running it again", run.name, run.config_hash)
+        elif status == "incomplete":
+            log.info("%s: unfinished run (no summary.json): deleting it and starting again", run.name)
+        if run.run_dir.exists():
+            shutil.rmtree(run.run_dir)
+        pending.append(run)
+    write_manifest(plan)
+    unplanned = _unplanned_run_dirs(plan)
+    if unplanned:
+        log.warning("%s holds runs this experiment no longer plans (ignored by the scripts): %s",
+                    plan.directory, ", ".join(unplanned))
+    log.info("%s: %d runs planned, %d already finished, %d to run (%s backend, %d at a time, %d CPU each)",
+             plan.name, len(plan.runs), len(outcome.skipped), len(pending), backend, jobs, cpus_per_run)
+    if not pending:
+        return outcome
+
+    bar = tqdm(total=len(plan.runs), initial=len(outcome.skipped), unit="run", desc=plan.name, disable=quiet,
+               dynamic_ncols=True)
+
+    def on_done(run: PlannedRun, summary: dict | None, error: str | None) -> None:
+        if error is None:
+            outcome.completed[run.name] = summary
+            score = summary.get("eval", {}).get("return_mean", float("nan"))
+            log.info("%s finished: eval return %.1f after %d env steps, %.1f s", run.name, score,
+                     summary.get("env_steps", 0), summary.get("wall_time_s", 0.0))
+        else:
+            outcome.failed[run.name] = error
+            log.error("%s failed: %s", run.name, error)
+        bar.update(1)
+
+    with logging_redirect_tqdm():
+        try:
+            if backend == "ray":
+                gpus = gpus_per_run if gpus_per_run is not None else _default_gpus(plan)
+                _execute_ray(pending, plan.name, jobs, cpus_per_run, gpus, quiet, on_done)
+            else:
+                _execute_local(pending, plan.name, jobs, cpus_per_run, on_done)
+        finally:
+            bar.close()
+    if outcome.failed:
+        log.error("%d of %d runs failed: %s (rerun the same command to retry them)", len(outcome.failed),
+                  len(plan.runs), ", ".join(outcome.failed))
+    return outcome
+
+
+def _default_gpus(plan: ExperimentPlan) -> float:
+    return 1.0 if any(str(run.config.device).startswith("cuda") for run in plan.runs) else 0.0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m research.experiment", description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", type=Path, help="experiment file, e.g. experiments/pendulum_compare.toml")
+    parser.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the core count)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local")
+    parser.add_argument("--device", help="device of every run (default: each config's own)")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="root of the run directories")
+    parser.add_argument("--cpus-per-run", type=int, help="CPUs (torch threads) per run (default: cores // jobs)")
+    parser.add_argument("--gpus-per-run", type=float, help="GPUs per Ray task (default: 1 on CUDA, else 0)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)  # a terminated experiment stops its runs too
+    try:
+        if args.dry_run:
+            plan = load_experiment(args.experiment, args.results, args.device)
+            for run in plan.runs:
+                print(f"{run.name:24s} {run_status(run):10s} {run.run_dir}")
+            return 0
+        outcome = run_experiment(args.experiment, args.results, args.jobs, args.backend, args.device, args.quiet,
+                                 args.cpus_per_run, args.gpus_per_run)
+    except ConfigError as err:
+        parser.error(str(err))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0 if getattr(outcome, "ok", True) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Reading an experiment's run directories, and the statistics over seeds the scripts share (stdlib + numpy only).
+
+The files are those of the run-directory contract (``research/runs.py``): ``<exp>/<algo>/seed_<k>/`` with
+``config.json``, ``metrics.csv`` and ``summary.json`` (present only once the run finished). When the experiment
+runner's ``<exp>/experiment.json`` exists, exactly the runs it plans are read, and a run finished under another
+config (its ``config_hash`` differs) is left out with a warning; without it, every finished run is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST = "experiment.json"
+EVAL_RETURN = "eval/return_mean"
+THRESHOLD = -200.0
+"""Evaluation return counted as 'solved enough' for the time-to-threshold columns (Tianshou's solved mark is -250)."""
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+
+
+@dataclass
+class Run:
+    """One finished run: its ``config.json``, ``summary.json`` and ``metrics.csv`` (columns as float arrays, NaN
+    where a row has no value)."""
+
+    algo: str
+    seed: int
+    path: Path
+    config: dict
+    summary: dict
+    metrics: dict[str, np.ndarray]
+
+    @property
+    def final_return(self) -> float:
+        return float(self.summary["eval"]["return_mean"])
+
+    def eval_curve(self, x: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(x values, evaluation return means)`` of the rows holding an evaluation; ``x`` is a metrics column."""
+        y = self.metrics.get(EVAL_RETURN, np.array([]))
+        rows = ~np.isnan(y)
+        return self.metrics[x][rows], y[rows]
+
+    def first_reaching(self, threshold: float) -> tuple[float, float]:
+        """``(env_steps, wall_time_s)`` of the first evaluation whose mean return is ``>= threshold`` (NaN if none)."""
+        steps, returns = self.eval_curve("env_steps")
+        wall, _ = self.eval_curve("wall_time_s")
+        hits = np.flatnonzero(returns >= threshold)
+        return (float(steps[hits[0]]), float(wall[hits[0]])) if hits.size else (float("nan"), float("nan"))
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def experiment_dir(path: str | Path) -> Path:
+    """``path`` as an existing directory; otherwise exits with an error naming the experiments that exist."""
+    path = Path(path)
+    if not path.is_dir():
+        siblings = sorted(p.name for p in path.parent.iterdir() if p.is_dir()) if path.parent.is_dir() else []
+        sys.exit(f"error: no experiment directory {str(path)!r}; found in {path.parent}/: {siblings}")
+    return path
+
+
+def has_finished_runs(exp_dir: Path) -> bool:
+    """Whether ``exp_dir`` holds any finished training run (a gradient study, for one, holds none)."""
+    return any(exp_dir.glob("*/seed_*/summary.json"))
+
+
+def read_metrics(path: Path) -> dict[str, np.ndarray]:
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return {}
+    return {key: np.array([float(r[key]) if r.get(key) not in ("", None) else np.nan for r in rows])
+            for key in rows[0]}
+
+
+def load_run(path: Path) -> Run:
+    summary = json.loads((path / "summary.json").read_text())
+    config = json.loads((path / "config.json").read_text())
+    return Run(summary["algo"], int(summary["seed"]), path, config, summary, read_metrics(path / "metrics.csv"))
+
+
+def load_manifest(exp_dir: Path) -> dict | None:
+    path = exp_dir / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_runs(exp_dir: Path) -> list[Run]:
+    """The experiment's finished runs, ordered by algorithm (the experiment's order) and seed."""
+    manifest = load_manifest(exp_dir)
+    if manifest is None:
+        runs = [load_run(p.parent) for p in sorted(exp_dir.glob("*/seed_*/summary.json"))]
+        _warn_mixed_configs(runs)
+        return sorted(runs, key=lambda r: (r.algo, r.seed))
+    runs, missing = [], []
+    for entry in manifest["runs"]:
+        path = exp_dir / entry["path"]
+        if not (path / "summary.json").is_file():
+            missing.append(entry["path"])
+            continue
+        run = load_run(path)
+        if run.summary.get("config_hash") != entry["config_hash"]:
+            warn(f"{entry['path']} finished under another config than {MANIFEST} plans; left out (rerun the experiment)")
+            continue
+        runs.append(run)
+    if missing:
+        warn(f"{len(missing)} planned runs have not finished and are left out: {', '.join(missing)}")
+    planned = {entry["path"] for entry in manifest["runs"]}
+    extra = sorted(str(p.parent.relative_to(exp_dir)) for p in exp_dir.glob("*/seed_*/summary.json")
+                   if str(p.parent.relative_to(exp_dir)) not in planned)
+    if extra:
+        warn(f"runs not planned by {MANIFEST} are ignored: {', '.join(extra)}")
+    return runs
+
+
+def _warn_mixed_configs(runs: list[Run]) -> None:
+    by_algo: dict[str, set[str]] = {}
+    for run in runs:
+        config = {k: v for k, v in run.config["config"].items() if k != "seed"}
+        by_algo.setdefault(run.algo, set()).add(json.dumps(config, sort_keys=True))
+    for algo, configs in by_algo.items():
+        if len(configs) > 1:
+            warn(f"the runs of {algo} differ in more than their seed ({len(configs)} configs)")
+
+
+def group_by_algo(runs: list[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.algo, []).append(run)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+def mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(values, axis=axis)
+
+
+def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean: the mean after dropping the lowest and highest ``n // 4`` values (n = 5 keeps the middle 3)."""
+    ordered = np.sort(values, axis=axis)
+    n = ordered.shape[axis]
+    cut = n // 4
+    return np.mean(np.take(ordered, np.arange(cut, n - cut), axis=axis), axis=axis)
+
+
+def bootstrap_ci(values: np.ndarray, statistic: Callable[..., np.ndarray] = mean, level: float = 0.95,
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile-bootstrap confidence interval of ``statistic`` over seeds.
+
+    Args:
+        values: ``[n_seeds]`` or ``[n_seeds, G]`` (then one interval per column, e.g. per point of a curve).
+        statistic: ``f(array, axis=-1)`` reducing the seed axis, e.g. :func:`mean` or :func:`iqm`.
+        level: coverage of the interval; resamples and seed: the bootstrap's (fixed, so results are reproducible).
+
+    Returns:
+        ``(low, high)``, scalars or ``[G]``; NaN for no seeds, the value itself for one seed.
+    """
+    values = np.asarray(values, dtype=float)
+    n = values.shape[0]
+    if n == 0:
+        nan = np.full(values.shape[1:], np.nan)
+        return nan, nan
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, n, size=(resamples, n))
+    samples = np.moveaxis(values[index], 1, -1)  # [R, (G,) n]
+    stats = statistic(samples, axis=-1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha], axis=0)
+    return low, high

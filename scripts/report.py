@@ -1,0 +1,183 @@
+"""Writes ``<exp>/REPORT.md``: the summary table, per-run results, figures, machine, versions, and how to regenerate.
+
+    python scripts/report.py results/pendulum_compare
+
+Every number comes from ``summary.csv`` and ``runs.csv`` (written by ``scripts/aggregate.py``); the report first
+checks that they still match what the aggregation recomputes from the run directories, and stops if they do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from _rundata import (
+    THRESHOLD,
+    Run,
+    experiment_dir,
+    group_by_algo,
+    has_finished_runs,
+    load_manifest,
+    load_runs,
+)
+from aggregate import csv_texts
+from plot import FIGURES, ZOO_DDPG_RETURN
+
+
+def _float(text: str) -> float | None:
+    return float(text) if text != "" else None
+
+
+def fmt_return(text: str) -> str:
+    value = _float(text)
+    return "" if value is None else f"{value:.1f}"
+
+
+def fmt_ci(row: dict, stat: str) -> str:
+    return f"{fmt_return(row[stat])} [{fmt_return(row[stat + '_ci_low'])}, {fmt_return(row[stat + '_ci_high'])}]"
+
+
+def fmt_count(text: str) -> str:
+    value = _float(text)
+    return "" if value is None else f"{value:,.0f}"
+
+
+def fmt_seconds(text: str) -> str:
+    value = _float(text)
+    return "" if value is None else f"{value:,.1f}"
+
+
+def fmt_percent(text: str) -> str:
+    value = _float(text)
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+def fmt_threshold(summary: list[dict]) -> str:
+    return f"{float(summary[0]['threshold']) if summary else THRESHOLD:g}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def summary_table(rows: list[dict]) -> list[str]:
+    threshold = fmt_threshold(rows)
+    header = ["algorithm", "seeds", "final return, mean [95% CI]", "IQM [95% CI]", "median", "success rate",
+              "env steps", "wall-clock (s)", f"env steps to {threshold}", f"wall-clock to {threshold} (s)"]
+    body = [[
+        f"`{row['algo']}`", row["n_seeds"], fmt_ci(row, "final_return_mean"), fmt_ci(row, "final_return_iqm"),
+        fmt_return(row["final_return_median"]), fmt_percent(row["success_rate"]), fmt_count(row["env_steps"]),
+        fmt_seconds(row["wall_time_s"]),
+        f"{fmt_count(row['env_steps_to_threshold']) or 'never'} ({row['seeds_reaching_threshold']}/{row['n_seeds']})",
+        fmt_seconds(row["wall_time_s_to_threshold"]) or "never",
+    ] for row in rows]
+    return markdown_table(header, body)
+
+
+def runs_table(rows: list[dict]) -> list[str]:
+    header = ["algorithm", "seed", "final return (mean)", "IQM", "median", "worst episode", "success rate",
+              "env steps", "wall-clock (s)"]
+    body = [[f"`{row['algo']}`", row["seed"], fmt_return(row["final_return_mean"]), fmt_return(row["final_return_iqm"]),
+             fmt_return(row["final_return_median"]), fmt_return(row["final_return_min"]),
+             fmt_percent(row["success_rate"]), fmt_count(row["env_steps"]), fmt_seconds(row["wall_time_s"])]
+            for row in rows]
+    return markdown_table(header, body)
+
+
+def setup_section(runs: list[Run]) -> list[str]:
+    """The resolved config of each algorithm (seed left out), machines, library versions and commits."""
+    lines = ["## Setup", ""]
+    for algo, group in group_by_algo(runs).items():
+        config = {k: v for k, v in group[0].config["config"].items() if k != "seed"}
+        lines += [f"<details><summary><code>{algo}</code>: resolved config (identical for every seed)</summary>", "",
+                  "```json", json.dumps(config, indent=2), "```", "", "</details>", ""]
+    devices = sorted({run.config.get("device", "unknown") for run in runs})
+    commits = sorted({str(run.config.get("git_commit")) for run in runs})
+    versions = sorted({json.dumps(run.config.get("versions", {}), sort_keys=True) for run in runs})
+    lines += [f"- Machine: {'; '.join(devices)}"]
+    for text in versions:
+        lines += ["- Libraries: " + ", ".join(f"{name} {version}" for name, version in json.loads(text).items())]
+    lines += [f"- Code: git commit {', '.join(f'`{c}`' for c in commits)}"]
+    if any(c.endswith("-dirty") or c == "None" for c in commits):
+        lines += ["  (`-dirty`: the working tree had uncommitted changes; `None`: not run from a git checkout)"]
+    return lines + [""]
+
+
+def regenerate_command(exp_dir: Path) -> str:
+    results = exp_dir.parent
+    extra = "" if results == Path("results") else f" RESULTS={results}"
+    return f"make experiment EXP={exp_dir.name}{extra}"
+
+
+def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs: list[Run]) -> str:
+    manifest = load_manifest(exp_dir) or {}
+    threshold = fmt_threshold(summary)
+    lines = [f"# Experiment `{exp_dir.name}`", ""]
+    if manifest.get("description"):
+        lines += [manifest["description"], ""]
+    if manifest.get("source"):
+        lines += [f"Defined in `{manifest['source']}`; every algorithm runs seeds {manifest.get('seeds')}.", ""]
+    lines += ["## Results", ""]
+    lines += summary_table(summary)
+    lines += [
+        "",
+        "Final return: each run's last evaluation (deterministic policy, 200-step undiscounted return averaged over the "
+        "fixed evaluation states); then, over seeds, the mean and the interquartile mean (IQM, mean of the middle 50% of "
+        "seeds) with 95% percentile-bootstrap confidence intervals (10,000 resamples of the seeds). Success rate: share "
+        "of evaluation episodes that end upright, averaged over seeds. Env steps and wall-clock: totals per run, averaged "
+        f"over seeds. To {threshold}: the median over the seeds that got there (count in brackets) of the env steps and "
+        "seconds at the first evaluation whose mean return reached it; wall-clock includes the evaluations.",
+        "",
+    ]
+    figures = [(name, xlabel) for name, xlabel, _ in FIGURES.values() if (exp_dir / "figures" / name).is_file()]
+    for name, xlabel in figures:
+        lines += [f"![evaluation return against {xlabel}](figures/{name})", ""]
+    if figures:
+        lines += [f"Thick lines: mean over seeds (a seed that finished earlier keeps its final return); thin lines: each "
+                  f"seed; shaded: 95% bootstrap CI over seeds; dashed: {threshold}; dotted: rl-baselines3-zoo DDPG on "
+                  f"Gymnasium Pendulum-v1 after 20k steps ({ZOO_DDPG_RETURN:g}, one run). Wall-clock is each run's own, "
+                  "measured while the experiment's runs shared the machine (`JOBS` at a time, default one per core).", ""]
+    lines += ["### Per run", ""] + runs_table(per_run) + [""]
+    lines += setup_section(runs)
+    lines += ["## Regenerate", "", "```bash", regenerate_command(exp_dir), "```", "",
+              "Finished runs are reused when their config is unchanged; `scripts/aggregate.py`, `scripts/plot.py` and "
+              "`scripts/report.py` rebuild `summary.csv`, `runs.csv`, `figures/` and this report from the run "
+              "directories alone.", ""]
+    return "\n".join(lines)
+
+
+def read_csv(text: str) -> list[dict]:
+    return list(csv.DictReader(text.splitlines()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment_dir", type=Path, help="results/<experiment>")
+    args = parser.parse_args(argv)
+    exp_dir = experiment_dir(args.experiment_dir)
+    if not has_finished_runs(exp_dir):
+        print(f"{exp_dir}: no finished training runs (*/seed_*/summary.json); no report to write")
+        return 0
+    summary_path, runs_path = exp_dir / "summary.csv", exp_dir / "runs.csv"
+    if not (summary_path.is_file() and runs_path.is_file()):
+        sys.exit(f"error: {summary_path} or {runs_path} is missing; run `python scripts/aggregate.py {exp_dir}` first")
+    summary_text, runs_text = summary_path.read_text(), runs_path.read_text()
+    threshold = float(read_csv(summary_text)[0]["threshold"]) if read_csv(summary_text) else THRESHOLD
+    runs = load_runs(exp_dir)
+    if (summary_text, runs_text) != csv_texts(runs, threshold):
+        sys.exit(f"error: {summary_path} no longer matches the run directories; run "
+                 f"`python scripts/aggregate.py {exp_dir}` first")
+    report = render_report(exp_dir, read_csv(summary_text), read_csv(runs_text), runs)
+    (exp_dir / "REPORT.md").write_text(report)
+    print(f"wrote {exp_dir / 'REPORT.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
