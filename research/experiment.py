@@ -198,9 +198,9 @@ OnDone = Callable[[PlannedRun, "dict | None", "str | None"], None]
 
 
 def process_context(runs: Sequence[PlannedRun]) -> BaseContext:
-    """Where run processes come from: a fork server that has imported torch and the trainers once (Linux, macOS),
-    so each run starts in a fresh process within milliseconds; plain spawning elsewhere."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    """Where run processes come from: on Linux a fork server that has imported torch and the trainers once, so each
+    run starts in a fresh process within milliseconds; plain spawning elsewhere (forking is unsafe on macOS)."""
+    if not sys.platform.startswith("linux"):
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     # Takes effect when the server starts (the first run of this Python process); later runs import what they lack.
