@@ -42,10 +42,12 @@ plot: ## results/$(EXP)/figures/*.png from the run directories
 report: ## results/$(EXP)/REPORT.md from the summary and figures
 	$(PYTHON) scripts/report.py $(RESULTS)/$(EXP)
 
-bench: ## speed benchmarks -> results/bench/ (JSON, BENCH.md, throughput plot)
+bench: ## speed benchmarks, all cores and 1 thread -> results/bench/ (JSON, BENCH.md, throughput plot)
 	mkdir -p results/bench
 	$(PYTHON) -m pytest tests/benchmarks -q --benchmark-only --benchmark-json=results/bench/benchmark.json
-	$(PYTHON) scripts/bench_report.py results/bench/benchmark.json
+	BENCH_THREADS=1 $(PYTHON) -m pytest tests/benchmarks -q --benchmark-only \
+		--benchmark-json=results/bench/benchmark-1thread.json
+	$(PYTHON) scripts/bench_report.py results/bench/benchmark.json results/bench/benchmark-1thread.json
 
 clean: ## remove caches (never results)
 	rm -rf .pytest_cache .ruff_cache .benchmarks build *.egg-info

@@ -1,0 +1,111 @@
+"""Question 2: one BPTT iteration (reset, rollout of H = 100 steps, backward, gradient clip, Adam step).
+
+Every case trains the same 3-64-64-64-1 tanh MLP (the seed notebook's size) with loss ``-mean(reward)``:
+
+- ``fused``: :func:`research.rollout.fused_rollout`, eager;
+- ``fused-compiled``: the same with ``compile=True`` (forward and backward compiled in chunks);
+- ``env.rollout``: our :class:`research.envs.PendulumEnv` (``validate=False``) through TorchRL's ``env.rollout``;
+- ``torchrl-seed``: the seed notebook's loop on torchrl's built-in ``PendulumEnv`` with its transforms, verbatim
+  (``env.rollout(100, policy, tensordict=env.reset(env.gen_params(batch_size=[B])), auto_reset=False)``), with the
+  seed's network (``nn.Sequential`` of ``Linear``/``Tanh``, explicit sizes instead of ``LazyLinear``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from tensordict.nn import TensorDictModule
+from torch import nn
+
+from research.envs import PendulumEnv, PendulumParams, sample_initial_state
+from research.policies import make_actor, make_policy
+from research.rollout import fused_rollout, initial_state
+
+from .conftest import BPTT_HIDDEN, DEVICES, make_seed_env
+
+BATCHES = [32, 1024]
+HORIZON = 100
+LR = 2e-3
+
+
+def _update(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The seed's update: backward, clip the gradient norm to 1, Adam step, zero the gradients."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def _rounds(batch: int) -> int:
+    return 10 if batch <= 32 else 5
+
+
+def _measure(measure: Callable, smoke: bool, case: str, batch: int, device: str, iteration: Callable) -> float:
+    horizon = 3 if smoke else HORIZON
+    loss = measure(lambda: iteration(horizon), question="bptt", case=case, batch=batch, horizon=horizon,
+                   device=device, env_steps=batch * horizon, rounds=_rounds(batch))
+    assert torch.isfinite(loss)
+    return loss
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_fused(measure, smoke, batch, device, compile):
+    if compile and smoke and batch != BATCHES[0]:
+        pytest.skip("smoke run: one batch size covers the compiled path")
+    torch.manual_seed(0)
+    policy = make_policy(BPTT_HIDDEN, device=device)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=LR)
+    gen = torch.Generator(device=device).manual_seed(0)
+    params = PendulumParams.default((batch,), device=device)
+
+    def iteration(horizon: int) -> torch.Tensor:
+        th, thdot = sample_initial_state((batch,), gen, device)
+        rewards = fused_rollout(policy, initial_state(th, thdot), params, horizon, compile=compile).rewards
+        loss = -rewards.mean()
+        _update(loss, policy, optimizer)
+        return loss.detach()
+
+    _measure(measure, smoke, "fused-compiled" if compile else "fused", batch, device, iteration)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_env_rollout(measure, smoke, batch, device):
+    torch.manual_seed(0)
+    policy = make_policy(BPTT_HIDDEN, device=device)
+    actor = make_actor(policy)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=LR)
+    env = PendulumEnv(device=device, seed=0, validate=False)
+
+    def iteration(horizon: int) -> torch.Tensor:
+        start = env.reset(env.gen_params(batch_size=[batch]), set_state=False)
+        loss = -env.rollout(horizon, actor, tensordict=start, auto_reset=False)["next", "reward"].mean()
+        _update(loss, policy, optimizer)
+        return loss.detach()
+
+    _measure(measure, smoke, "env.rollout", batch, device, iteration)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_seed_loop(measure, smoke, batch, device):
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(3, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
+    ).to(device)
+    policy = TensorDictModule(net, in_keys=["observation"], out_keys=["action"])
+    optimizer = torch.optim.Adam(policy.parameters(), lr=LR)
+    env = make_seed_env(device)
+
+    def iteration(horizon: int) -> torch.Tensor:
+        init_td = env.reset(env.gen_params(batch_size=[batch], device=device), set_state=False)
+        rollout = env.rollout(horizon, policy, tensordict=init_td, auto_reset=False)
+        traj_return = rollout["next", "reward"].mean()
+        _update(-traj_return, net, optimizer)
+        return traj_return.detach()
+
+    _measure(measure, smoke, "torchrl-seed", batch, device, iteration)
