@@ -28,7 +28,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from research.envs.physics import PendulumParams, observation, pendulum_step, sample_initial_state
+from research.envs.physics import (
+    PendulumParams,
+    observation,
+    observe,
+    pendulum_step,
+    sample_initial_state,
+    step_constants,
+)
 from research.policies import SquashedMLP, as_tensor_policy
 
 Policy = Callable[[Tensor], Tensor]
@@ -106,13 +113,15 @@ def fused_rollout(
             raise ValueError("compile=True rolls out without resets; use episode_length=None (or compile=False)")
         return _compiled_rollout(policy, state, params, horizon, keep_trajectory)
     th, thdot, step_count = state
+    constants = step_constants(params)
     rewards, observations, actions, next_observations, truncations = [], [], [], [], []
     for _ in range(horizon):
-        obs = observation(th, thdot)
+        obs, sin_th = observe(th, thdot)
         action = policy(obs)
-        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), params)
+        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th)
         rewards.append(reward)
-        step_count = step_count + 1
+        if episode_length is not None:
+            step_count = step_count + 1
         if keep_trajectory:
             observations.append(obs)
             actions.append(action)
@@ -125,7 +134,7 @@ def fused_rollout(
             step_count = torch.where(done, torch.zeros_like(step_count), step_count)
             if keep_trajectory:
                 truncations.append(done)
-    final = RolloutState(th, thdot, step_count)
+    final = RolloutState(th, thdot, step_count if episode_length is not None else step_count + horizon)
     if not keep_trajectory:
         return Rollout(torch.stack(rewards, dim=-1), final)
     if not truncations:
@@ -156,11 +165,12 @@ def _rollout_steps(
     Returns ``(th, thdot, rewards [*B, steps])``, followed by ``observations [*B, steps, 3]``, ``actions
     [*B, steps, 1]`` and ``next_observations [*B, steps, 3]`` when ``keep_trajectory``.
     """
+    constants = step_constants(params)
     rewards, observations, actions = [], [], []
     for _ in range(steps):
-        obs = observation(th, thdot)
+        obs, sin_th = observe(th, thdot)
         action = policy(obs)
-        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), params)
+        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th)
         rewards.append(reward)
         if keep_trajectory:
             observations.append(obs)
@@ -268,10 +278,11 @@ def _use_onednn(policy: Policy, batch: int, like: Tensor) -> bool:
 def _simulate_steps(
     policy: Policy, th: Tensor, thdot: Tensor, returns: Tensor, params: PendulumParams, steps: int, onednn: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
+    constants = step_constants(params)
     for _ in range(steps):
-        obs = observation(th, thdot)
+        obs, sin_th = observe(th, thdot)
         action = _onednn_forward(policy, obs) if onednn else policy(obs)
-        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), params)
+        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th)
         returns = returns + reward
     return th, thdot, returns
 

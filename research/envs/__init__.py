@@ -4,12 +4,15 @@ from research.envs.pendulum import PendulumEnv
 from research.envs.physics import (
     DEFAULT_PARAMS,
     PendulumParams,
+    StepConstants,
     angle_normalize,
     is_upright,
     observation,
+    observe,
     pendulum_step,
     sample_initial_state,
     sample_params,
+    step_constants,
     validate_params,
 )
 
@@ -17,11 +20,14 @@ __all__ = [
     "DEFAULT_PARAMS",
     "PendulumEnv",
     "PendulumParams",
+    "StepConstants",
     "angle_normalize",
     "is_upright",
     "observation",
+    "observe",
     "pendulum_step",
     "sample_initial_state",
     "sample_params",
+    "step_constants",
     "validate_params",
 ]

@@ -96,23 +96,66 @@ def observation(th: Tensor, thdot: Tensor) -> Tensor:
     return torch.stack((th.cos(), th.sin(), thdot), dim=-1)
 
 
-def pendulum_step(th: Tensor, thdot: Tensor, torque: Tensor, params: PendulumParams) -> tuple[Tensor, Tensor, Tensor]:
+class StepConstants(NamedTuple):
+    """What one step needs from :class:`PendulumParams`, derived once per rollout (each ``[*B]`` or broadcastable).
+
+    A fused loop calls :func:`step_constants` once and passes the result to every :func:`pendulum_step`, which saves
+    the eager loop a handful of kernels (and their backward nodes) per step; gradients still reach ``g``, ``m``,
+    ``l`` and ``dt`` through it.
+    """
+
+    gravity: Tensor  # 3 g / (2 l): angular acceleration per unit sin(th)
+    inverse_inertia: Tensor  # 3 / (m l**2): angular acceleration per unit torque
+    dt: Tensor
+    max_speed: Tensor
+    max_torque: Tensor
+
+
+def step_constants(params: PendulumParams) -> StepConstants:
+    """The :class:`StepConstants` of ``params`` (Gymnasium's expressions, evaluated in the same order)."""
+    return StepConstants(
+        gravity=3.0 * params.g / (2.0 * params.l),
+        inverse_inertia=3.0 / (params.m * params.l**2),
+        dt=params.dt,
+        max_speed=params.max_speed,
+        max_torque=params.max_torque,
+    )
+
+
+def observe(th: Tensor, thdot: Tensor) -> tuple[Tensor, Tensor]:
+    """``(observation(th, thdot), sin(th))``: the observation and the ``sin(th)`` that :func:`pendulum_step` reuses."""
+    sin_th = th.sin()
+    return torch.stack((th.cos(), sin_th, thdot), dim=-1), sin_th
+
+
+def pendulum_step(
+    th: Tensor,
+    thdot: Tensor,
+    torque: Tensor,
+    params: PendulumParams | StepConstants,
+    sin_th: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """One Pendulum-v1 transition.
 
     Args:
         th: angle ``[*B]`` (0 is upright; not wrapped).
         thdot: angular velocity ``[*B]``.
         torque: applied torque ``[*B]`` (the action without its trailing dimension); clipped to ``max_torque``.
-        params: physical parameters, each ``[*B]`` or broadcastable to it.
+        params: physical parameters, each ``[*B]`` or broadcastable to it, or their :func:`step_constants`.
+        sin_th: ``sin(th)`` if the caller already has it (see :func:`observe`); computed otherwise.
 
     Returns:
         ``(next_th, next_thdot, reward)``, each ``[*B]``. The reward is computed on the state before the update.
     """
-    u = torch.clamp(torque, -params.max_torque, params.max_torque)
-    cost = angle_normalize(th) ** 2 + 0.1 * thdot**2 + 0.001 * u**2
-    accel = 3.0 * params.g / (2.0 * params.l) * torch.sin(th) + 3.0 / (params.m * params.l**2) * u
-    next_thdot = torch.clamp(thdot + accel * params.dt, -params.max_speed, params.max_speed)
-    next_th = th + next_thdot * params.dt
+    c = step_constants(params) if isinstance(params, PendulumParams) else params
+    sin_th = torch.sin(th) if sin_th is None else sin_th
+    u = torch.clamp(torque, -c.max_torque, c.max_torque)
+    wrapped = angle_normalize(th)
+    # cost = wrapped**2 + 0.1 thdot**2 + 0.001 u**2, as two fused multiply-adds
+    cost = torch.addcmul(torch.addcmul(wrapped * wrapped, thdot, thdot, value=0.1), u, u, value=0.001)
+    accel = torch.addcmul(c.gravity * sin_th, c.inverse_inertia, u)
+    next_thdot = torch.clamp(torch.addcmul(thdot, accel, c.dt), -c.max_speed, c.max_speed)
+    next_th = torch.addcmul(th, next_thdot, c.dt)
     return next_th, next_thdot, -cost
 
 
