@@ -72,11 +72,17 @@ class SkipGuard:
 
 
 class Budget:
-    """Environment steps and wall-clock since the run started, counted the same way for every method."""
+    """Environment steps and wall-clock since the run started, counted the same way for every method.
+
+    ``wall_time_s`` is training time: the seconds spent inside the shared evaluator (timed by :class:`Evaluator`)
+    are kept apart in ``eval_time_s``, so a method that is evaluated more often, or whose policy network is larger,
+    is not charged for it, and time-to-threshold does not depend on the evaluation interval.
+    """
 
     def __init__(self, max_wall_time_s: float = 0.0) -> None:
         self.start = time.perf_counter()
         self.env_steps = 0
+        self.eval_time_s = 0.0
         self.max_wall_time_s = max_wall_time_s
 
     def add_steps(self, n: int) -> None:
@@ -84,19 +90,25 @@ class Budget:
 
     @property
     def wall_time_s(self) -> float:
-        return time.perf_counter() - self.start
+        """Seconds since the run started, less the time spent evaluating."""
+        return time.perf_counter() - self.start - self.eval_time_s
 
     def out_of_time(self) -> bool:
         return self.max_wall_time_s > 0 and self.wall_time_s >= self.max_wall_time_s
 
 
 class Evaluator:
-    """Runs the shared evaluator every ``interval_env_steps`` and remembers the latest score."""
+    """Runs the shared evaluator every ``interval_env_steps`` and remembers the latest score.
 
-    def __init__(self, eval_config: Any, device: torch.device, dtype: torch.dtype) -> None:
+    With a ``budget``, the time each evaluation takes is added to ``budget.eval_time_s`` (and so left out of its
+    training wall-clock).
+    """
+
+    def __init__(self, eval_config: Any, device: torch.device, dtype: torch.dtype, budget: Budget | None = None) -> None:
         self.config = eval_config
         self.device = device
         self.dtype = dtype
+        self.budget = budget
         self.next_at = 0
         self.latest: dict[str, float] | None = None
 
@@ -104,9 +116,14 @@ class Evaluator:
         return env_steps >= self.next_at
 
     def __call__(self, policy: nn.Module, env_steps: int) -> dict[str, float]:
+        start = time.perf_counter()
         self.latest = evaluate_policy(
             policy, self.config.episodes, self.config.seed, device=self.device, dtype=self.dtype
         )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if self.budget is not None:
+            self.budget.eval_time_s += time.perf_counter() - start
         interval = self.config.interval_env_steps
         self.next_at = (env_steps // interval + 1) * interval
         return self.latest

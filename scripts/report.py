@@ -132,7 +132,9 @@ def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs:
         "seeds) with 95% percentile-bootstrap confidence intervals (10,000 resamples of the seeds). Success rate: share "
         "of evaluation episodes that end upright, averaged over seeds. Env steps and wall-clock: totals per run, averaged "
         f"over seeds. To {threshold}: the median over the seeds that got there (count in brackets) of the env steps and "
-        "seconds at the first evaluation whose mean return reached it; wall-clock includes the evaluations.",
+        "seconds at the first evaluation whose mean return reached it. Wall-clock is training time: seconds since the run "
+        "started less the time spent in the shared evaluator (kept apart as `eval_time_s`), so it does not depend on "
+        "how often a method is evaluated.",
         "",
     ]
     figures = [(name, xlabel) for name, xlabel, _ in FIGURES.values() if (exp_dir / "figures" / name).is_file()]

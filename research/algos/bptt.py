@@ -14,7 +14,7 @@ Two modes:
 Two rollout paths with identical gradients: ``rollout = "fused"`` (default; the pure physics in a tensor loop,
 optionally ``torch.compile``-d) and ``rollout = "env"`` (TorchRL's ``env.rollout`` on :class:`PendulumEnv`).
 
-The defaults (B=128, H=64, discount 0.98, 1000 iterations, Adam 3e-3 with cosine decay, clip 1.0, 2x64 tanh MLP)
+The defaults (B=128, H=64, discount 0.98, 1000 iterations, Adam 5e-3 with cosine decay, clip 1.0, 2x64 tanh MLP)
 are the best of the configurations tried on swing-up; ``experiments/bptt_*.toml`` keep the instructive others.
 """
 
@@ -60,7 +60,7 @@ class BPTTConfig(RunConfig):
     """0: full-horizon BPTT; K > 0: truncated BPTT on windows of K steps with state carried between updates."""
     discount: float = 0.98
     """Discount applied to the rewards inside a rollout or window (1.0 = undiscounted)."""
-    lr: float = 3e-3
+    lr: float = 5e-3
     """Adam learning rate."""
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     """Learning-rate schedule over the iterations."""
@@ -148,7 +148,7 @@ def train_bptt(config: BPTTConfig, writer: RunWriter | None = None, quiet: bool 
     batch = (config.num_envs,)
     guard = SkipGuard(config.max_consecutive_skips, "BPTT update")
     budget = Budget(config.max_wall_time_s)
-    evaluator = Evaluator(config.eval, device, dtype)
+    evaluator = Evaluator(config.eval, device, dtype, budget)
     evaluation = None
 
     carried: RolloutState | None = None
@@ -216,7 +216,7 @@ def train_bptt(config: BPTTConfig, writer: RunWriter | None = None, quiet: bool 
 
     evaluation = evaluator(policy, budget.env_steps)
     _log_eval(writer, iteration, budget, evaluation)
-    summary_extra = {"iterations": iteration, "skipped_updates": guard.skipped}
+    summary_extra = {"eval_time_s": budget.eval_time_s, "iterations": iteration, "skipped_updates": guard.skipped}
     if writer is None:
         return {"algo": "bptt", "seed": config.seed, "env_steps": budget.env_steps,
                 "wall_time_s": budget.wall_time_s, "eval": evaluation, **summary_extra}
@@ -227,5 +227,5 @@ def _log_eval(writer: RunWriter | None, iteration: int, budget: Budget, evaluati
     if writer is None:
         return
     writer.log({"iteration": iteration, "env_steps": budget.env_steps, "wall_time_s": budget.wall_time_s,
-                **Evaluator.as_metrics(evaluation)})
+                "eval_time_s": budget.eval_time_s, **Evaluator.as_metrics(evaluation)})
     writer.flush()

@@ -209,7 +209,7 @@ def _train(config: DDPGConfig, writer: RunWriter | None, quiet: bool) -> dict:
     buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size, device=device), batch_size=config.batch_size)
     guard = SkipGuard(config.max_consecutive_skips, "DDPG update")
     budget = Budget(config.max_wall_time_s)
-    evaluator = Evaluator(config.eval, device, dtype)
+    evaluator = Evaluator(config.eval, device, dtype, budget)
     evaluation = evaluator(policy, 0)
     _log_eval(writer, 0, budget, evaluation)
     evaluated_at, updates = 0, 0
@@ -255,7 +255,8 @@ def _train(config: DDPGConfig, writer: RunWriter | None, quiet: bool) -> dict:
     if evaluated_at != budget.env_steps:  # stopped early, between two scheduled evaluations
         evaluation = evaluator(policy, budget.env_steps)
         _log_eval(writer, iteration, budget, evaluation)
-    summary_extra = {"iterations": iteration, "updates": updates, "skipped_updates": guard.skipped}
+    summary_extra = {"eval_time_s": budget.eval_time_s, "iterations": iteration, "updates": updates,
+                     "skipped_updates": guard.skipped}
     if writer is None:
         return {"algo": "ddpg", "seed": config.seed, "env_steps": budget.env_steps,
                 "wall_time_s": budget.wall_time_s, "eval": evaluation, **summary_extra}
@@ -285,5 +286,5 @@ def _log_eval(writer: RunWriter | None, iteration: int, budget: Budget, evaluati
     if writer is None:
         return
     writer.log({"iteration": iteration, "env_steps": budget.env_steps, "wall_time_s": budget.wall_time_s,
-                **Evaluator.as_metrics(evaluation)})
+                "eval_time_s": budget.eval_time_s, **Evaluator.as_metrics(evaluation)})
     writer.flush()

@@ -252,7 +252,7 @@ def train_shac(config: SHACConfig, writer: RunWriter | None = None, quiet: bool 
     actor_guard = SkipGuard(config.max_consecutive_skips, "SHAC actor update")
     critic_guard = SkipGuard(config.max_consecutive_skips, "SHAC critic update")
     budget = Budget(config.max_wall_time_s)
-    evaluator = Evaluator(config.eval, device, dtype)
+    evaluator = Evaluator(config.eval, device, dtype, budget)
     evaluation = None
 
     batch = (config.num_envs,)
@@ -328,7 +328,8 @@ def train_shac(config: SHACConfig, writer: RunWriter | None = None, quiet: bool 
 
     evaluation = evaluator(policy, budget.env_steps)
     _log_eval(writer, iteration, budget, evaluation)
-    summary_extra = {"iterations": iteration, "skipped_updates": actor_guard.skipped + critic_guard.skipped}
+    summary_extra = {"eval_time_s": budget.eval_time_s, "iterations": iteration,
+                     "skipped_updates": actor_guard.skipped + critic_guard.skipped}
     if writer is None:
         return {"algo": "shac", "seed": config.seed, "env_steps": budget.env_steps,
                 "wall_time_s": budget.wall_time_s, "eval": evaluation, **summary_extra}
@@ -350,5 +351,5 @@ def _log_eval(writer: RunWriter | None, iteration: int, budget: Budget, evaluati
     if writer is None:
         return
     writer.log({"iteration": iteration, "env_steps": budget.env_steps, "wall_time_s": budget.wall_time_s,
-                **Evaluator.as_metrics(evaluation)})
+                "eval_time_s": budget.eval_time_s, **Evaluator.as_metrics(evaluation)})
     writer.flush()
