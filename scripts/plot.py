@@ -29,7 +29,7 @@ GRID_POINTS = 200
 BAND_RESAMPLES = 2_000
 FIGURES = {
     "env_steps": ("return_vs_env_steps.png", "environment steps (log scale)", True),
-    "wall_time_s": ("return_vs_wall_time.png", "wall-clock time (s)", False),
+    "wall_time_s": ("return_vs_wall_time.png", "training wall-clock time (s, evaluations excluded)", False),
 }
 
 
