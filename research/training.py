@@ -120,8 +120,6 @@ class Evaluator:
         self.latest = evaluate_policy(
             policy, self.config.episodes, self.config.seed, device=self.device, dtype=self.dtype
         )
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         if self.budget is not None:
             self.budget.eval_time_s += time.perf_counter() - start
         interval = self.config.interval_env_steps
@@ -131,6 +129,15 @@ class Evaluator:
     @staticmethod
     def as_metrics(result: dict[str, float]) -> dict[str, float]:
         return {f"eval/{k}": v for k, v in result.items() if k != "episodes"}
+
+
+def log_evaluation(writer: Any, iteration: int, budget: Budget, evaluation: dict[str, float]) -> None:
+    """Appends an evaluation row (budget so far and ``eval/...`` metrics) to ``writer`` and flushes ``metrics.csv``."""
+    if writer is None:
+        return
+    writer.log({"iteration": iteration, "env_steps": budget.env_steps, "wall_time_s": budget.wall_time_s,
+                "eval_time_s": budget.eval_time_s, **Evaluator.as_metrics(evaluation)})
+    writer.flush()
 
 
 def progress_bar(total: int, quiet: bool, unit: str, desc: str) -> tqdm:

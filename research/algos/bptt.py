@@ -39,6 +39,7 @@ from research.training import (
     Evaluator,
     SkipGuard,
     describe,
+    log_evaluation,
     progress_bar,
     resolve_device,
 )
@@ -163,7 +164,7 @@ def train_bptt(config: BPTTConfig, writer: RunWriter | None = None, quiet: bool 
     for iteration in range(1, config.iterations + 1):
         if evaluator.due(budget.env_steps):
             evaluation = evaluator(policy, budget.env_steps)
-            _log_eval(writer, iteration - 1, budget, evaluation)
+            log_evaluation(writer, iteration - 1, budget, evaluation)
 
         if config.window:
             rollout: Rollout = fused_rollout(
@@ -215,17 +216,9 @@ def train_bptt(config: BPTTConfig, writer: RunWriter | None = None, quiet: bool 
     bar.close()
 
     evaluation = evaluator(policy, budget.env_steps)
-    _log_eval(writer, iteration, budget, evaluation)
+    log_evaluation(writer, iteration, budget, evaluation)
     summary_extra = {"eval_time_s": budget.eval_time_s, "iterations": iteration, "skipped_updates": guard.skipped}
     if writer is None:
         return {"algo": "bptt", "seed": config.seed, "env_steps": budget.env_steps,
                 "wall_time_s": budget.wall_time_s, "eval": evaluation, **summary_extra}
     return writer.finish(policy, budget.env_steps, budget.wall_time_s, evaluation, **summary_extra)
-
-
-def _log_eval(writer: RunWriter | None, iteration: int, budget: Budget, evaluation: dict) -> None:
-    if writer is None:
-        return
-    writer.log({"iteration": iteration, "env_steps": budget.env_steps, "wall_time_s": budget.wall_time_s,
-                "eval_time_s": budget.eval_time_s, **Evaluator.as_metrics(evaluation)})
-    writer.flush()

@@ -37,7 +37,16 @@ from research.config import ConfigError, EvalConfig, RunConfig
 from research.envs import PendulumEnv
 from research.policies import ACTIVATIONS, make_actor, make_policy
 from research.runs import RunWriter
-from research.training import DTYPES, Budget, Evaluator, SkipGuard, describe, progress_bar, resolve_device
+from research.training import (
+    DTYPES,
+    Budget,
+    Evaluator,
+    SkipGuard,
+    describe,
+    log_evaluation,
+    progress_bar,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +220,7 @@ def _train(config: DDPGConfig, writer: RunWriter | None, quiet: bool) -> dict:
     budget = Budget(config.max_wall_time_s)
     evaluator = Evaluator(config.eval, device, dtype, budget)
     evaluation = evaluator(policy, 0)
-    _log_eval(writer, 0, budget, evaluation)
+    log_evaluation(writer, 0, budget, evaluation)
     evaluated_at, updates = 0, 0
 
     bar = progress_bar(config.total_env_steps, quiet, "step", "ddpg")
@@ -242,7 +251,7 @@ def _train(config: DDPGConfig, writer: RunWriter | None, quiet: bool) -> dict:
             writer.log(row)
         if evaluator.due(budget.env_steps):
             evaluation, evaluated_at = evaluator(policy, budget.env_steps), budget.env_steps
-            _log_eval(writer, iteration, budget, evaluation)
+            log_evaluation(writer, iteration, budget, evaluation)
         bar.update(batch.numel())
         bar.set_postfix(describe(train_return, evaluation))
         if budget.out_of_time():
@@ -254,7 +263,7 @@ def _train(config: DDPGConfig, writer: RunWriter | None, quiet: bool) -> dict:
 
     if evaluated_at != budget.env_steps:  # stopped early, between two scheduled evaluations
         evaluation = evaluator(policy, budget.env_steps)
-        _log_eval(writer, iteration, budget, evaluation)
+        log_evaluation(writer, iteration, budget, evaluation)
     summary_extra = {"eval_time_s": budget.eval_time_s, "iterations": iteration, "updates": updates,
                      "skipped_updates": guard.skipped}
     if writer is None:
@@ -280,11 +289,3 @@ def update(loss_module: DDPGLoss, sample: TensorDictBase, actor_optimizer: torch
     actor_optimizer.step()
     critic_optimizer.step()
     return stats
-
-
-def _log_eval(writer: RunWriter | None, iteration: int, budget: Budget, evaluation: dict) -> None:
-    if writer is None:
-        return
-    writer.log({"iteration": iteration, "env_steps": budget.env_steps, "wall_time_s": budget.wall_time_s,
-                "eval_time_s": budget.eval_time_s, **Evaluator.as_metrics(evaluation)})
-    writer.flush()

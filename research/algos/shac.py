@@ -48,7 +48,16 @@ from research.envs import sample_initial_state, sample_params
 from research.policies import ACTIVATIONS, SquashedMLP, make_policy
 from research.rollout import Rollout, RolloutState, fused_rollout, initial_state
 from research.runs import RunWriter
-from research.training import DTYPES, Budget, Evaluator, SkipGuard, describe, progress_bar, resolve_device
+from research.training import (
+    DTYPES,
+    Budget,
+    Evaluator,
+    SkipGuard,
+    describe,
+    log_evaluation,
+    progress_bar,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +278,7 @@ def train_shac(config: SHACConfig, writer: RunWriter | None = None, quiet: bool 
     for iteration in range(1, config.iterations + 1):
         if evaluator.due(budget.env_steps):
             evaluation = evaluator(policy, budget.env_steps)
-            _log_eval(writer, iteration - 1, budget, evaluation)
+            log_evaluation(writer, iteration - 1, budget, evaluation)
 
         rollout: Rollout = fused_rollout(behaviour, carried, params, config.window, episode_length=config.env.episode_length,
                                          generator=generator, keep_trajectory=True)
@@ -327,7 +336,7 @@ def train_shac(config: SHACConfig, writer: RunWriter | None = None, quiet: bool 
     bar.close()
 
     evaluation = evaluator(policy, budget.env_steps)
-    _log_eval(writer, iteration, budget, evaluation)
+    log_evaluation(writer, iteration, budget, evaluation)
     summary_extra = {"eval_time_s": budget.eval_time_s, "iterations": iteration,
                      "skipped_updates": actor_guard.skipped + critic_guard.skipped}
     if writer is None:
@@ -345,11 +354,3 @@ def _finished_episodes(running: Tensor, rewards: Tensor, truncated: Tensor) -> t
         total = total + torch.where(truncated[..., t], running, 0.0).sum()
         running = torch.where(truncated[..., t], 0.0, running)
     return total, truncated.sum(), running
-
-
-def _log_eval(writer: RunWriter | None, iteration: int, budget: Budget, evaluation: dict) -> None:
-    if writer is None:
-        return
-    writer.log({"iteration": iteration, "env_steps": budget.env_steps, "wall_time_s": budget.wall_time_s,
-                "eval_time_s": budget.eval_time_s, **Evaluator.as_metrics(evaluation)})
-    writer.flush()

@@ -93,7 +93,7 @@ def angle_normalize(x: Tensor) -> Tensor:
 
 def observation(th: Tensor, thdot: Tensor) -> Tensor:
     """Gymnasium's observation ``[cos th, sin th, thdot]``: ``[*B]`` and ``[*B]`` -> ``[*B, 3]``."""
-    return torch.stack((th.cos(), th.sin(), thdot), dim=-1)
+    return observe(th, thdot)[0]
 
 
 class StepConstants(NamedTuple):
