@@ -90,26 +90,16 @@ def measure(benchmark) -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------- peers
-class SinTransform(Transform):
-    """The seed notebook's ``sin(th)`` transform, on current torchrl names."""
+class TrigTransform(Transform):
+    """The seed notebook's ``SinTransform`` / ``CosTransform`` (``fn`` is ``torch.sin`` or ``torch.cos``), on current
+    torchrl names."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], in_keys: list, out_keys: list) -> None:
+        super().__init__(in_keys=in_keys, out_keys=out_keys)
+        self.fn = fn
 
     def _apply_transform(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs.sin()
-
-    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
-        return self._call(tensordict_reset)
-
-    @_apply_to_composite
-    def transform_observation_spec(self, observation_spec):
-        return Bounded(low=-1, high=1, shape=observation_spec.shape, dtype=observation_spec.dtype,
-                       device=observation_spec.device)
-
-
-class CosTransform(Transform):
-    """The seed notebook's ``cos(th)`` transform, on current torchrl names."""
-
-    def _apply_transform(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs.cos()
+        return self.fn(obs)
 
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
         return self._call(tensordict_reset)
@@ -126,8 +116,8 @@ def make_seed_env(device: str = "cpu", seed: int = 0) -> TransformedEnv:
         TorchRLPendulumEnv(device=device),
         UnsqueezeTransform(dim=-1, in_keys=["th", "thdot"], in_keys_inv=["th", "thdot"]),
     )
-    env.append_transform(SinTransform(in_keys=["th"], out_keys=["sin"]))
-    env.append_transform(CosTransform(in_keys=["th"], out_keys=["cos"]))
+    env.append_transform(TrigTransform(torch.sin, in_keys=["th"], out_keys=["sin"]))
+    env.append_transform(TrigTransform(torch.cos, in_keys=["th"], out_keys=["cos"]))
     env.append_transform(CatTensors(in_keys=["sin", "cos", "thdot"], dim=-1, out_key="observation", del_keys=False))
     env.set_seed(seed)
     return env
