@@ -3,20 +3,23 @@ PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 # torch goes in first: this version is the CPU wheel cached on the dev machines; any torch >= 2.5 works.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,distributed
+EXTRAS ?= dev,distributed,plots
 EXP ?= pendulum_compare
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BACKEND ?= local
 DEVICE ?= cpu
 RESULTS ?= results
+# An experiment file with a [gradient_study] table is a measurement, not training runs: scripts/gradient_report.py
+# draws its figures and report; any other experiment is aggregated, plotted and reported from its run directories.
+REPORT_STEPS = $(if $(shell grep -qs '^\[gradient_study\]' experiments/$(EXP).toml && echo study),gradient-report,aggregate plot report)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint experiment runs aggregate plot report bench clean
+.PHONY: help install test test-fast lint experiment runs aggregate plot report gradient-report bench clean
 
 help: ## list every target with a one-line description
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
-install: ## install torch first, then the package with its extras (EXTRAS=dev,distributed)
+install: ## install torch first, then the package with its extras (EXTRAS=dev,distributed,plots)
 	$(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install -e ".[$(EXTRAS)]"
 
@@ -29,9 +32,9 @@ test-fast: ## run the tests without the slow learning checks
 lint: ## ruff check of the package, scripts and tests
 	$(PYTHON) -m ruff check research scripts tests
 
-experiment: ## run experiments/$(EXP).toml (JOBS, BACKEND=local|ray, DEVICE), then aggregate, plot and report
+experiment: ## run experiments/$(EXP).toml (JOBS, BACKEND=local|ray, DEVICE), then its figures and REPORT.md
 	$(PYTHON) -m research.experiment experiments/$(EXP).toml --jobs $(JOBS) --backend $(BACKEND) --device $(DEVICE) --results $(RESULTS)
-	$(MAKE) --no-print-directory aggregate plot report EXP=$(EXP) RESULTS=$(RESULTS)
+	$(MAKE) --no-print-directory $(REPORT_STEPS) EXP=$(EXP) RESULTS=$(RESULTS)
 
 aggregate: ## results/$(EXP)/summary.csv from the run directories
 	$(PYTHON) scripts/aggregate.py $(RESULTS)/$(EXP)
@@ -41,6 +44,9 @@ plot: ## results/$(EXP)/figures/*.png from the run directories
 
 report: ## results/$(EXP)/REPORT.md from the summary and figures
 	$(PYTHON) scripts/report.py $(RESULTS)/$(EXP)
+
+gradient-report: ## results/$(EXP)/figures/*.png and REPORT.md of a gradient study, from its gradient_study.csv
+	$(PYTHON) scripts/gradient_report.py $(RESULTS)/$(EXP)
 
 bench: ## speed benchmarks, all cores and 1 thread -> results/bench/ (JSON, BENCH.md, throughput plot)
 	mkdir -p results/bench

@@ -15,8 +15,9 @@ Runs execute in a process pool (``backend="local"``, spawned processes, one run 
 their node and send the files back, so a cluster needs no shared filesystem. ``<results>/<experiment>/experiment.json``
 lists the planned runs and their config hashes; the scripts in ``scripts/`` aggregate exactly those runs.
 
-An experiment file with a ``[gradient_study]`` table is not a set of training runs: it is handed to
-:func:`research.gradient_study.run_gradient_study`, which writes its own outputs.
+An experiment file with a ``[gradient_study]`` table is a measurement, not a set of training runs: it is handed to
+:func:`research.analysis.gradients.run_gradient_study`, which writes ``gradient_study.csv`` and ``config.json``
+(``scripts/gradient_report.py`` turns them into figures and a report; ``make experiment`` runs both).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
     data = load_toml(path)
     if GRADIENT_STUDY in data:
         raise ConfigError(f"{path} is a gradient study, not a set of training runs: run_experiment() hands it to "
-                          "research.gradient_study")
+                          "research.analysis.gradients")
     for key in data:
         if key not in ALGOS and key != "experiment":
             raise ConfigError(f"{path}: unknown table [{key}]; expected [experiment] or one of {list(ALGOS)}")
@@ -305,12 +306,12 @@ def run_experiment(path: str | Path, results: str | Path = "results", jobs: int 
 
     Returns:
         An :class:`ExperimentOutcome` (a failed run is reported there, and the other runs still finish); for a
-        ``[gradient_study]`` file, whatever :func:`research.gradient_study.run_gradient_study` returns.
+        ``[gradient_study]`` file, whatever :func:`research.analysis.gradients.run_gradient_study` returns.
     """
     if backend not in ("local", "ray"):
         raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
     if GRADIENT_STUDY in load_toml(path):
-        from research.gradient_study import run_gradient_study
+        from research.analysis.gradients import run_gradient_study
 
         return run_gradient_study(path, results, device=device, quiet=quiet)
 

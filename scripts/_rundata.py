@@ -69,7 +69,7 @@ def experiment_dir(path: str | Path) -> Path:
 
 
 def has_finished_runs(exp_dir: Path) -> bool:
-    """Whether ``exp_dir`` holds any finished training run (a gradient study, for one, holds none)."""
+    """Whether ``exp_dir`` holds any finished training run (``*/seed_*/summary.json``)."""
     return any(exp_dir.glob("*/seed_*/summary.json"))
 
 

@@ -154,9 +154,9 @@ def test_dry_run_lists_runs(finished_smoke, capsys):
 
 def test_gradient_study_files_go_to_their_own_runner(tmp_path, monkeypatch):
     calls = []
-    fake = types.ModuleType("research.gradient_study")
+    fake = types.ModuleType("research.analysis.gradients")
     fake.run_gradient_study = lambda path, results, device=None, quiet=False: calls.append((path, results, device))
-    monkeypatch.setitem(sys.modules, "research.gradient_study", fake)
+    monkeypatch.setitem(sys.modules, "research.analysis.gradients", fake)
     path = tmp_path / "grads.toml"
     path.write_text("[gradient_study]\nhorizons = [10, 20]\n")
     run_experiment(path, tmp_path / "res", device="cpu", quiet=True)

@@ -1,4 +1,4 @@
-"""Gradient study: why plain BPTT struggles on the swing-up.
+"""The gradient study: first-order (BPTT) against zeroth-order (likelihood-ratio) policy gradients on Pendulum-v1.
 
 At a fixed policy ``mu_theta`` (a random initialisation and a trained one) and for horizons ``H``, the gradient of the
 smoothed ``H``-step objective ``J_H(theta) = E[R_H]``, ``R_H = sum_{t<H} r_t``, is estimated from many independent
@@ -18,23 +18,25 @@ differ only in the weights ``w_t``:
   ``G^0_t`` the reward-to-go of the noise-free rollout ``a_t = mu_theta(s_t)`` from the same initial state (the
   per-step form of the zeroth-order batched gradient ``(V(theta, w) - V(theta, 0)) * score`` of Suh et al. 2022,
   "Do differentiable simulators give better policy gradients?"). ``G^0_t`` depends on ``s_0`` and ``theta`` only,
-  so ``E[score_t * G^0_t] = 0`` and the estimator stays unbiased. It is preferred to a leave-one-out mean of the
-  other samples' ``G_t`` because the return depends mostly on the initial state (hanging down or near upright),
-  which a constant baseline leaves in ``A_t`` and this one cancels. Measured once on the SHAC-trained policy with
-  2000 samples, the trace of the covariance at H = 1, 10, 50 is 1.7e4, 1.7e7, 1.3e9 plain; 5.5e3, 2.3e6, 1.0e8 with
-  reward-to-go and a leave-one-out mean; 4e-4, 5.5e3, 1.1e7 with this baseline.
+  so ``E[score_t * G^0_t] = 0`` and the estimator stays unbiased. It is preferred to a constant baseline (such as a
+  leave-one-out mean of the other samples' ``G_t``) because the return depends mostly on the initial state (hanging
+  down or near upright), which a constant baseline leaves in ``A_t`` and this one cancels;
+  ``tests/analysis/test_gradients.py`` checks that it cuts the variance at H = 10 by more than 30x against both
+  other variants.
 
 Per-sample gradients are computed ``chunk`` samples at a time and streamed into :class:`GradientMoments` (running
 mean and sum of squared deviations, per-sample norms, sums of 20 groups of samples), so no ``[N, P]`` tensor is held
-and ``N`` can be 10^4 and more. For each (policy, H, estimator) the study reports the norm of the mean gradient, the
+and ``N`` can be 10^4 and more. For each (policy, H, estimator) the study measures the norm of the mean gradient, the
 mean and median norm of the per-sample gradients, their per-parameter variance (mean over parameters and the total,
 the trace of the covariance) and the relative standard error of the mean; :func:`cosine_similarity` compares the two
 estimators' mean gradients, with a delete-a-group jackknife standard error.
 
-``make experiment EXP=gradient_study`` runs it (``experiments/gradient_study.toml``); :func:`run_gradient_study`
-writes ``<results>/<name>/``: ``gradient_study.csv`` (tidy, one row per policy x horizon x estimator),
-``config.json``, ``figures/gradient_norm.png``, ``figures/gradient_variance.png``, ``figures/cosine.png``,
-``REPORT.md``, and the trained policy's own run directory ``trained_policy/`` (reused while its config is unchanged).
+An experiment file with a ``[gradient_study]`` table (``experiments/gradient_study.toml``) is the measurement's
+config; ``python -m research.experiment`` hands it to :func:`run_gradient_study`, which writes ``<results>/<name>/``:
+``gradient_study.csv`` (tidy, one row per policy x horizon x estimator, :data:`CSV_COLUMNS`), ``config.json`` (the
+config, the policies' sources and evaluations, wall-clock, commit, versions, machine) and the trained policy's own
+run directory ``trained_policy/`` (reused while its config is unchanged). Figures and ``REPORT.md`` are drawn from
+those two files by ``scripts/gradient_report.py``; ``make experiment EXP=gradient_study`` runs both.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ import io
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import zlib
@@ -53,7 +54,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
@@ -75,24 +75,11 @@ from research.training import DTYPES, progress_bar, resolve_device
 log = logging.getLogger(__name__)
 
 ESTIMATORS = ("first_order", "likelihood_ratio")
-ESTIMATOR_LABELS = {"first_order": "first order (BPTT)", "likelihood_ratio": "zeroth order (likelihood ratio)"}
 #: ``likelihood_ratio_baseline`` choices: what multiplies the score of ``a_t`` (see the module docstring).
 LR_BASELINES = ("none", "reward_to_go", "reward_to_go_baseline")
-LR_BASELINE_LABELS = {"none": "plain", "reward_to_go": "reward-to-go",
-                      "reward_to_go_baseline": "reward-to-go − noise-free baseline"}
-LR_BASELINE_FORMULAS = {
-    "none": "R_H · Σ_t ε_t / σ · ∇θ μθ(s_t) (plain REINFORCE, no baseline)",
-    "reward_to_go": "Σ_t G_t · ε_t / σ · ∇θ μθ(s_t), G_t = Σ_{t'≥t} r_t' the reward-to-go (causality, no baseline)",
-    "reward_to_go_baseline": "Σ_t (G_t − G⁰_t) · ε_t / σ · ∇θ μθ(s_t), G_t = Σ_{t'≥t} r_t' the reward-to-go and "
-                             "G⁰_t the same on the noise-free rollout from the same initial state (a baseline that "
-                             "depends on s_0 only, so the estimator stays unbiased)",
-}
 POLICIES = ("random", "trained")
 CSV_COLUMNS = ("policy", "horizon", "estimator", "lr_baseline", "grad_norm", "mean_sample_norm", "median_sample_norm",
                "variance_mean", "variance_total", "relative_se", "cosine", "cosine_se", "return_mean", "samples")
-#: A mean gradient counts as resolved when its relative standard error is below this: only then is a cosine with it
-#: evidence about its direction.
-RESOLVED_RELATIVE_SE = 0.5
 #: Groups of the delete-a-group jackknife behind the cosine's standard error.
 JACKKNIFE_GROUPS = 20
 #: The trained policy's architecture and seed come from the study, so its own config must not set them.
@@ -290,7 +277,7 @@ def likelihood_ratio_gradients(policy: nn.Module, th: Tensor, thdot: Tensor, par
     Sample ``i`` rolls the same noisy policy as :func:`first_order_gradients`, without gradients; its gradient is
     ``sum_t A_t * grad_theta log N(a_t; mu_theta(s_t), sigma^2) = sum_t A_t * eps_t / sigma * grad_theta
     mu_theta(s_t)`` with the states and actions held fixed, where ``A_t`` is, by ``baseline`` (see
-    :data:`LR_BASELINE_FORMULAS`): ``"none"``, the return ``R_H``; ``"reward_to_go"``, ``G_t = sum_{t'>=t} r_t'``;
+    the module docstring): ``"none"``, the return ``R_H``; ``"reward_to_go"``, ``G_t = sum_{t'>=t} r_t'``;
     ``"reward_to_go_baseline"``, ``G_t`` minus the reward-to-go of the noise-free rollout from the same initial state.
     All three have the same expectation.
 
@@ -535,7 +522,8 @@ def measure(config: GradientStudyConfig, policies: Mapping[str, StudyPolicy], de
 
 def run_gradient_study(path: str | Path, results: str | Path = "results", device: str | None = None,
                        quiet: bool = False) -> dict[str, Any]:
-    """Runs the ``[gradient_study]`` of the experiment file ``path`` and writes ``<results>/<file stem>/``.
+    """Runs the ``[gradient_study]`` of the experiment file ``path``: ``<results>/<file stem>/gradient_study.csv``,
+    ``config.json`` and ``trained_policy/`` (``scripts/gradient_report.py`` draws the figures and the report).
 
     Args:
         path: the TOML file.
@@ -554,7 +542,7 @@ def run_gradient_study(path: str | Path, results: str | Path = "results", device
     torch_device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     directory = Path(results) / path.stem
-    (directory / "figures").mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
 
     policies = study_policies(config, directory, torch_device, dtype, quiet)
     rows = measure(config, policies, torch_device, dtype, quiet)
@@ -570,254 +558,21 @@ def run_gradient_study(path: str | Path, results: str | Path = "results", device
         "source": str(path),
         "config": to_dict(config),
         "policies": policy_info,
+        "jackknife_groups": JACKKNIFE_GROUPS,
         "wall_time_s": wall_time_s,
         "git_commit": git_commit(),
         "versions": library_versions(),
         "device": device_description(torch_device),
     })
-    plot_study(rows, directory / "figures", config.samples)
-    atomic_write_text(directory / "REPORT.md", study_report(config, rows, policy_info, path, wall_time_s,
-                                                            device_description(torch_device)))
-    log.info("gradient study written to %s (%.0f s)", directory, wall_time_s)
+    log.info("gradient study measured into %s (%.0f s); figures and REPORT.md: python scripts/gradient_report.py %s",
+             directory, wall_time_s, directory)
     return {"directory": str(directory), "rows": rows, "policies": policy_info, "wall_time_s": wall_time_s}
 
 
-# ---------------------------------------------------------------------------------------------------- outputs
 def rows_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The text of ``gradient_study.csv``: a header of :data:`CSV_COLUMNS`, then one line per row."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _series(rows: Sequence[Mapping[str, Any]], policy: str, estimator: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-    chosen = sorted((r for r in rows if r["policy"] == policy and r["estimator"] == estimator),
-                    key=lambda r: r["horizon"])
-    return np.array([r["horizon"] for r in chosen]), np.array([r[key] for r in chosen], dtype=float)
-
-
-def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    os.replace(tmp, path)
-
-
-def plot_study(rows: Sequence[Mapping[str, Any]], figures: Path, samples: int) -> None:
-    """``gradient_norm.png``, ``gradient_variance.png`` and ``cosine.png`` against the horizon, log-log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    policies = list(dict.fromkeys(r["policy"] for r in rows))
-    colors = {"first_order": "tab:blue", "likelihood_ratio": "tab:orange"}
-    styles = {"random": ("--", "o"), "trained": ("-", "s")}
-    xlabel = "horizon H (steps of 0.05 s)"
-
-    def lines(ax: Any, key: str) -> None:
-        for policy in policies:
-            for estimator in ESTIMATORS:
-                h, y = _series(rows, policy, estimator, key)
-                linestyle, marker = styles.get(policy, ("-", "^"))
-                ax.loglog(h, y, linestyle=linestyle, marker=marker, color=colors[estimator],
-                          label=f"{_estimator_label(rows, estimator)}, {policy} policy")
-        ax.set_xlabel(xlabel)
-        ax.grid(True, which="both", alpha=0.3)
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
-    lines(axes[0], "grad_norm")
-    axes[0].set_ylabel("‖mean gradient‖ (return per unit parameter)")
-    axes[0].set_title("norm of the mean gradient of the H-step return")
-    lines(axes[1], "mean_sample_norm")
-    axes[1].set_ylabel("mean ‖per-sample gradient‖ (return per unit parameter)")
-    axes[1].set_title("mean norm of the per-sample gradients")
-    axes[1].legend(fontsize=8)
-    _save(fig, figures / "gradient_norm.png")
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
-    lines(axes[0], "variance_total")
-    axes[0].set_ylabel("trace of the per-sample covariance ((return per unit parameter)²)")
-    axes[0].set_title("total per-parameter variance across samples")
-    lines(axes[1], "relative_se")
-    axes[1].axhline(1.0, color="grey", linewidth=0.8)
-    axes[1].set_ylabel(f"standard error / ‖mean‖, N = {samples}")
-    axes[1].set_title("relative standard error of the mean gradient")
-    axes[1].legend(fontsize=8)
-    _save(fig, figures / "gradient_variance.png")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4.8), constrained_layout=True)
-    for i, policy in enumerate(policies):
-        h, cosine = _series(rows, policy, ESTIMATORS[0], "cosine")
-        _, se = _series(rows, policy, ESTIMATORS[0], "cosine_se")
-        resolved = _resolved(rows, policy)
-        linestyle, marker = styles.get(policy, ("-", "^"))
-        color = f"C{i + 2}"
-        ax.errorbar(h, cosine, yerr=se, linestyle=linestyle, color=color, capsize=3, label=f"{policy} policy")
-        ax.scatter(h[resolved], cosine[resolved], marker=marker, color=color, zorder=3)
-        ax.scatter(h[~resolved], cosine[~resolved], marker=marker, facecolors="white", edgecolors=color, zorder=3)
-    ax.set_xscale("log")
-    ax.set_ylim(-1.05, 1.05)
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("cosine(mean first-order, mean zeroth-order)")
-    ax.set_title(f"agreement of the estimators (± jackknife s.e.); hollow: a mean with\nrelative s.e. ≥ "
-                 f"{RESOLVED_RELATIVE_SE} at N = {samples}, so the cosine says little", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    _save(fig, figures / "cosine.png")
-    plt.close(fig)
-
-
-def _estimator_label(rows: Sequence[Mapping[str, Any]], estimator: str) -> str:
-    baselines = sorted({r["lr_baseline"] for r in rows if r["estimator"] == estimator})
-    if estimator != "likelihood_ratio" or len(baselines) != 1:
-        return ESTIMATOR_LABELS[estimator]
-    return f"{ESTIMATOR_LABELS[estimator][:-1]}, {LR_BASELINE_LABELS.get(baselines[0], baselines[0])})"
-
-
-def _resolved(rows: Sequence[Mapping[str, Any]], policy: str, estimator: str | None = None) -> np.ndarray:
-    """Per horizon: is the estimator's mean (both means when ``estimator`` is None) resolved, its relative standard
-    error below :data:`RESOLVED_RELATIVE_SE`?"""
-    resolved = True
-    for name in ESTIMATORS if estimator is None else (estimator,):
-        resolved = resolved & (_series(rows, policy, name, "relative_se")[1] < RESOLVED_RELATIVE_SE)
-    return resolved
-
-
-def _loglog_slope(h: np.ndarray, y: np.ndarray) -> float:
-    keep = (y > 0) & np.isfinite(y)
-    return float(np.polyfit(np.log(h[keep]), np.log(y[keep]), 1)[0]) if keep.sum() >= 2 else math.nan
-
-
-def _horizon_list(horizons: Sequence[int]) -> str:
-    return ", ".join(str(int(h)) for h in horizons) if len(horizons) else "none"
-
-
-def study_findings(rows: Sequence[Mapping[str, Any]], samples: int) -> list[str]:
-    """Statements about the results, each computed from ``rows`` (nothing here is asserted in advance)."""
-    findings = []
-    for policy in dict.fromkeys(r["policy"] for r in rows):
-        h, var_fo = _series(rows, policy, "first_order", "variance_total")
-        _, var_lr = _series(rows, policy, "likelihood_ratio", "variance_total")
-        _, norm_fo = _series(rows, policy, "first_order", "grad_norm")
-        _, mean_norm_fo = _series(rows, policy, "first_order", "mean_sample_norm")
-        _, median_norm_fo = _series(rows, policy, "first_order", "median_sample_norm")
-        _, rse_fo = _series(rows, policy, "first_order", "relative_se")
-        _, cosine = _series(rows, policy, "first_order", "cosine")
-        _, cosine_se = _series(rows, policy, "first_order", "cosine_se")
-        lo, hi = 0, len(h) - 1
-        snr = norm_fo**2 / var_fo
-        findings.append(
-            f"**{policy} policy, first order (BPTT):** from H = {h[lo]} to H = {h[hi]} the variance (trace) grows by "
-            f"a factor {var_fo[hi] / var_fo[lo]:.3g} (log-log slope {_loglog_slope(h, var_fo):.2f}) while the norm "
-            f"of the mean gradient grows by {norm_fo[hi] / norm_fo[lo]:.3g}: the per-sample signal-to-noise ratio "
-            f"‖mean‖²/trace goes from {snr[lo]:.3g} to {snr[hi]:.3g} (lowest {snr.min():.3g}, at H = "
-            f"{h[snr.argmin()]}). With {samples} samples the mean's relative standard error is {rse_fo[lo]:.3g} at "
-            f"H = {h[lo]} and {rse_fo[hi]:.3g} at H = {h[hi]}"
-            + (f" (about {samples * (rse_fo[hi] / 0.1) ** 2:.3g} samples would bring it to 0.1)" if rse_fo[hi] > 0.1
-               else "")
-            + f". Mean / median per-sample norm: {mean_norm_fo[lo] / median_norm_fo[lo]:.3g} at H = {h[lo]}, "
-            f"{mean_norm_fo[hi] / median_norm_fo[hi]:.3g} at H = {h[hi]} (a ratio far above 1 means that a few samples "
-            "carry most of the gradient)."
-        )
-        ratio = var_fo / var_lr
-        close = np.flatnonzero(ratio >= 0.5)
-        tail = [i for i in close if (ratio[i:] >= 0.5).all()]
-        findings.append(
-            f"**{policy} policy, first vs zeroth order:** variance ratio first / zeroth order (the zeroth-order "
-            "estimator needs 1 / ratio times as many samples for the same standard error) by horizon: "
-            + ", ".join(f"H = {hh}: {r:.2g}" for hh, r in zip(h, ratio, strict=True))
-            + f". First order has the lower variance at H = {_horizon_list(h[ratio < 1])} and the higher one at "
-            f"H = {_horizon_list(h[ratio >= 1])}"
-            + (f"; from H = {h[tail[0]]} on it is no longer below half the zeroth-order variance" if tail else "")
-            + f". The zeroth-order variance grows by a factor {var_lr[hi] / var_lr[lo]:.3g} over the same range "
-            f"(log-log slope {_loglog_slope(h, var_lr):.2f})."
-        )
-        resolved = _resolved(rows, policy)
-        agree = h[resolved & (cosine - 2 * cosine_se > 0.9)]
-        disagree = h[resolved & (cosine + 2 * cosine_se < 0.5)]
-        cells = ", ".join(f"{hh}: {c:.2f} ± {e:.2f}" for hh, c, e in zip(h, cosine, cosine_se, strict=True))
-        unresolved = [f"the {label} mean is unresolved at H = {_horizon_list(h[~_resolved(rows, policy, name)])}"
-                      for name, label in (("first_order", "first-order"), ("likelihood_ratio", "zeroth-order"))
-                      if not _resolved(rows, policy, name).all()]
-        findings.append(
-            f"**{policy} policy, agreement:** cosine between the mean gradients ± jackknife s.e., by H: {cells}; "
-            f"its s.e. is below a third of |cosine| at H = {_horizon_list(h[np.abs(cosine) > 3 * cosine_se])}. Both "
-            f"means are resolved (relative s.e. < {RESOLVED_RELATIVE_SE}) at H = {_horizon_list(h[resolved])}; there "
-            f"the estimators agree (cosine > 0.9 beyond 2 s.e.) at H = {_horizon_list(agree)} and disagree (cosine "
-            f"< 0.5 beyond 2 s.e.) at H = {_horizon_list(disagree)}."
-            + (f" Elsewhere {' and '.join(unresolved)}: a few heavy-tailed samples dominate such a mean, the jackknife "
-               "s.e. can understate the cosine's spread, and the cosine is weak evidence even where its s.e. is small."
-               if unresolved else "")
-        )
-    return findings
-
-
-def _format(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def study_report(config: GradientStudyConfig, rows: Sequence[Mapping[str, Any]], policies: Mapping[str, Mapping],
-                 path: Path, wall_time_s: float, device: str) -> str:
-    """The text of ``REPORT.md``."""
-    lines = [
-        f"# Gradient study: {path.stem}",
-        "",
-        config.description,
-        "",
-        f"Regenerate with `make experiment EXP={path.stem}` (or `python -m research.experiment {path}`); "
-        f"this run took {wall_time_s:.0f} s on {device}.",
-        "",
-        "## What was measured",
-        "",
-        f"For each policy and horizon H in {config.horizons}, {config.samples} independent samples (initial state "
-        "from Gymnasium's reset distribution, default physics, Gaussian action noise of std "
-        f"σ = {config.action_noise} N m added after the tanh squash) per estimator, in {config.dtype}, "
-        f"differentiated {config.chunk} at a time and streamed into the statistics. Both estimators estimate the "
-        "gradient of the same smoothed objective E[R_H], R_H the undiscounted H-step return:",
-        "",
-        "- **first order (BPTT)**: ∇θ R_H with a_t = μθ(s_t) + σ ε_t, differentiated through the policy and the "
-        "simulator;",
-        f"- **zeroth order (likelihood ratio, REINFORCE, `likelihood_ratio_baseline = "
-        f"\"{config.likelihood_ratio_baseline}\"`)**: {LR_BASELINE_FORMULAS[config.likelihood_ratio_baseline]}.",
-        "",
-        "Columns: `lr_baseline` = the zeroth-order estimator's variant; `grad_norm` = ‖mean gradient‖; "
-        "`mean_sample_norm` / `median_sample_norm` = mean / median of the per-sample norms; `variance_mean` / "
-        "`variance_total` = per-parameter variance across samples, averaged / summed (trace of the covariance) over "
-        "the parameters; `relative_se` = √(variance_total / N) / grad_norm; `cosine` (± `cosine_se`, delete-a-group "
-        f"jackknife over {JACKKNIFE_GROUPS} groups) = cosine between the two estimators' mean gradients (independent "
-        "samples); `return_mean` = mean H-step return.",
-        "",
-        "Policies:",
-        "",
-    ]
-    for name, info in policies.items():
-        training = info.get("training_eval")
-        lines.append(
-            f"- **{name}**: {info['source']}; {info['parameters']} parameters; protocol evaluation (1000 fixed "
-            f"starts, 200 steps, deterministic): return {info['eval']['return_mean']:.1f} "
-            f"(success rate {info['eval']['success_rate']:.2f})"
-            + (f"; training run's final evaluation: eval.return_mean = {training['return_mean']:.1f}" if training
-               else "")
-        )
-    lines += ["", "## Findings", "", *(f"- {f}" for f in study_findings(rows, config.samples)), ""]
-    lines += ["## Results", "", "| " + " | ".join(CSV_COLUMNS) + " |", "|" + "---|" * len(CSV_COLUMNS)]
-    lines += ["| " + " | ".join(_format(row[c]) for c in CSV_COLUMNS) + " |" for row in rows]
-    lines += [
-        "",
-        "Data: [gradient_study.csv](gradient_study.csv); configuration, versions and machine: "
-        "[config.json](config.json).",
-        "",
-        "## Figures",
-        "",
-        "![norm of the mean gradient and mean per-sample norm against the horizon](figures/gradient_norm.png)",
-        "",
-        "![variance and relative standard error against the horizon](figures/gradient_variance.png)",
-        "",
-        "![cosine between the estimators' mean gradients against the horizon](figures/cosine.png)",
-        "",
-    ]
-    return "\n".join(lines)

@@ -1,17 +1,20 @@
-"""The gradient study: both estimators against exact gradients, streamed statistics, and a tiny study end to end."""
+"""The gradient study's library half: both estimators against exact gradients, streamed statistics, the config, and
+a tiny measurement (its figures and report: tests/scripts/test_gradient_report.py)."""
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from research.config import ConfigError, from_dict
-from research.envs.physics import PendulumParams, observation, pendulum_step, sample_initial_state
-from research.experiment import run_experiment
-from research.gradient_study import (
+from research.analysis.gradients import (
     CSV_COLUMNS,
     ESTIMATORS,
     LR_BASELINES,
@@ -23,6 +26,9 @@ from research.gradient_study import (
     load_study_config,
     reward_to_go,
 )
+from research.config import ConfigError, from_dict
+from research.envs.physics import PendulumParams, observation, pendulum_step, sample_initial_state
+from research.experiment import run_experiment
 from research.policies import make_policy
 
 DTYPE = torch.float64
@@ -174,7 +180,7 @@ def test_streamed_statistics_equal_all_at_once():
 def test_baseline_cuts_the_likelihood_ratio_variance():
     # The same samples through the three variants, at H = 10 from Gymnasium's reset distribution. Most of the return's
     # spread comes from the initial state, which the noise-free baseline cancels: the variance drops by a factor in the
-    # thousands (about 1300 against reward-to-go alone), where a baseline doing nothing would give about 1.
+    # thousands against reward-to-go alone, where a baseline doing nothing would give about 1.
     policy = _policy()
     n, horizon, sigma = 500, 10, 0.3
     generator = torch.Generator().manual_seed(4)
@@ -217,15 +223,16 @@ episodes = 20
 """
 
 
-def test_tiny_study_writes_every_output(tmp_path, caplog):
+def test_tiny_study_writes_its_data(tmp_path, caplog):
     path = tmp_path / "tiny_study.toml"
     path.write_text(TINY_STUDY)
     result = run_experiment(path, tmp_path / "results", quiet=True)  # the experiment runner dispatches it
     out = tmp_path / "results" / "tiny_study"
     assert result["directory"] == str(out)
-    for name in ("gradient_study.csv", "config.json", "REPORT.md", "figures/gradient_norm.png",
-                 "figures/gradient_variance.png", "figures/cosine.png", "trained_policy/policy.pt"):
+    for name in ("gradient_study.csv", "config.json", "trained_policy/policy.pt"):
         assert (out / name).is_file(), name
+    # Figures and the report are scripts/gradient_report.py's (tests/scripts/test_gradient_report.py).
+    assert not (out / "REPORT.md").exists() and not (out / "figures").exists()
 
     with (out / "gradient_study.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -239,15 +246,25 @@ def test_tiny_study_writes_every_output(tmp_path, caplog):
         assert float(row["grad_norm"]) > 0 and float(row["variance_total"]) > 0
         assert -1.0 <= float(row["cosine"]) <= 1.0
 
-    report = (out / "REPORT.md").read_text()
-    assert "make experiment EXP=tiny_study" in report
+    info = json.loads((out / "config.json").read_text())
+    assert info["source"] == str(path) and info["config"]["samples"] == 24 and info["jackknife_groups"] >= 2
     trained_eval = result["policies"]["trained"]["training_eval"]["return_mean"]
-    assert f"eval.return_mean = {trained_eval:.1f}" in report
-    assert "## Findings" in report and "![" in report
+    assert info["policies"]["trained"]["training_eval"]["return_mean"] == trained_eval
 
-    with caplog.at_level(logging.INFO, logger="research.gradient_study"):
+    with caplog.at_level(logging.INFO, logger="research.analysis.gradients"):
         run_experiment(path, tmp_path / "results", quiet=True)
     assert "reusing the trained policy" in caplog.text
+
+
+def test_no_module_of_the_library_imports_matplotlib():
+    root = Path(__file__).resolve().parents[2] / "research"
+    pattern = re.compile(r"^\s*(import|from)\s+matplotlib", re.MULTILINE)
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == [], f"figures belong in scripts/: {offenders}"
+    code = ("import sys, research.analysis.gradients, research.experiment, research.evaluation; "
+            "print('matplotlib' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"
 
 
 def test_unknown_keys_are_errors_naming_them(tmp_path):

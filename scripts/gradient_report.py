@@ -1,0 +1,336 @@
+"""Figures and ``REPORT.md`` of a gradient study, from its ``gradient_study.csv`` and ``config.json`` alone.
+
+    python scripts/gradient_report.py results/gradient_study
+
+The measurement (``research.analysis.gradients``, run by ``python -m research.experiment
+experiments/gradient_study.toml``) writes the two files; ``make experiment EXP=gradient_study`` runs it and then this
+script. Three figures against the horizon H, log-log: ``figures/gradient_norm.png`` (norm of the mean gradient, mean
+per-sample norm), ``figures/gradient_variance.png`` (trace of the covariance, relative standard error of the mean)
+and ``figures/cosine.png`` (cosine between the two estimators' mean gradients). Every statement under "Findings" is
+computed from the CSV rows; none is written in advance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from _rundata import experiment_dir  # noqa: E402
+
+DATA = "gradient_study.csv"
+CONFIG = "config.json"
+FIGURES = ("gradient_norm.png", "gradient_variance.png", "cosine.png")
+ESTIMATORS = ("first_order", "likelihood_ratio")
+ESTIMATOR_LABELS = {"first_order": "first order (BPTT)", "likelihood_ratio": "zeroth order (likelihood ratio)"}
+LR_BASELINE_LABELS = {"none": "plain", "reward_to_go": "reward-to-go",
+                      "reward_to_go_baseline": "reward-to-go − noise-free baseline"}
+LR_BASELINE_FORMULAS = {
+    "none": "R_H · Σ_t ε_t / σ · ∇θ μθ(s_t) (plain REINFORCE, no baseline)",
+    "reward_to_go": "Σ_t G_t · ε_t / σ · ∇θ μθ(s_t), G_t = Σ_{t'≥t} r_t' the reward-to-go (causality, no baseline)",
+    "reward_to_go_baseline": "Σ_t (G_t − G⁰_t) · ε_t / σ · ∇θ μθ(s_t), G_t = Σ_{t'≥t} r_t' the reward-to-go and "
+                             "G⁰_t the same on the noise-free rollout from the same initial state (a baseline that "
+                             "depends on s_0 only, so the estimator stays unbiased)",
+}
+#: A mean gradient counts as resolved when its relative standard error is below this: only then is a cosine with it
+#: evidence about its direction.
+RESOLVED_RELATIVE_SE = 0.5
+TEXT_COLUMNS = ("policy", "estimator", "lr_baseline")
+INTEGER_COLUMNS = ("horizon", "samples")
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def parse_row(row: Mapping[str, str]) -> dict[str, Any]:
+    """A CSV row with its numbers as numbers (``horizon`` and ``samples`` as ints, the statistics as floats)."""
+    return {key: value if key in TEXT_COLUMNS else int(value) if key in INTEGER_COLUMNS else float(value)
+            for key, value in row.items()}
+
+
+def load_study(exp_dir: Path) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
+    """``(columns, rows, config.json)`` of a gradient study directory; exits with a message when a file is missing."""
+    data, config = exp_dir / DATA, exp_dir / CONFIG
+    if not (data.is_file() and config.is_file()):
+        sys.exit(f"error: {exp_dir} holds no {DATA} and {CONFIG}; measure first: "
+                 f"python -m research.experiment experiments/{exp_dir.name}.toml")
+    with data.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = [parse_row(row) for row in reader]
+        columns = list(reader.fieldnames or [])
+    return columns, rows, json.loads(config.read_text())
+
+
+def _series(rows: Sequence[Mapping[str, Any]], policy: str, estimator: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    chosen = sorted((r for r in rows if r["policy"] == policy and r["estimator"] == estimator),
+                    key=lambda r: r["horizon"])
+    return np.array([r["horizon"] for r in chosen]), np.array([r[key] for r in chosen], dtype=float)
+
+
+def _policies(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["policy"] for r in rows))
+
+
+def _resolved(rows: Sequence[Mapping[str, Any]], policy: str, estimator: str | None = None) -> np.ndarray:
+    """Per horizon: is the estimator's mean (both means when ``estimator`` is None) resolved, its relative standard
+    error below :data:`RESOLVED_RELATIVE_SE`?"""
+    resolved = True
+    for name in ESTIMATORS if estimator is None else (estimator,):
+        resolved = resolved & (_series(rows, policy, name, "relative_se")[1] < RESOLVED_RELATIVE_SE)
+    return resolved
+
+
+def _estimator_label(rows: Sequence[Mapping[str, Any]], estimator: str) -> str:
+    baselines = sorted({r["lr_baseline"] for r in rows if r["estimator"] == estimator})
+    if estimator != "likelihood_ratio" or len(baselines) != 1:
+        return ESTIMATOR_LABELS[estimator]
+    return f"{ESTIMATOR_LABELS[estimator][:-1]}, {LR_BASELINE_LABELS.get(baselines[0], baselines[0])})"
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+def _save(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=130)
+    os.replace(tmp, path)
+
+
+def plot_study(rows: Sequence[Mapping[str, Any]], figures: Path, samples: int) -> None:
+    """``gradient_norm.png``, ``gradient_variance.png`` and ``cosine.png`` against the horizon, log-log."""
+    figures.mkdir(parents=True, exist_ok=True)
+    policies = _policies(rows)
+    colors = {"first_order": "tab:blue", "likelihood_ratio": "tab:orange"}
+    styles = {"random": ("--", "o"), "trained": ("-", "s")}
+    xlabel = "horizon H (steps of 0.05 s)"
+
+    def lines(ax: Any, key: str) -> None:
+        for policy in policies:
+            for estimator in ESTIMATORS:
+                h, y = _series(rows, policy, estimator, key)
+                linestyle, marker = styles.get(policy, ("-", "^"))
+                ax.loglog(h, y, linestyle=linestyle, marker=marker, color=colors[estimator],
+                          label=f"{_estimator_label(rows, estimator)}, {policy} policy")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", alpha=0.3)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    lines(axes[0], "grad_norm")
+    axes[0].set_ylabel("‖mean gradient‖ (return per unit parameter)")
+    axes[0].set_title("norm of the mean gradient of the H-step return")
+    lines(axes[1], "mean_sample_norm")
+    axes[1].set_ylabel("mean ‖per-sample gradient‖ (return per unit parameter)")
+    axes[1].set_title("mean norm of the per-sample gradients")
+    axes[1].legend(fontsize=8)
+    _save(fig, figures / "gradient_norm.png")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    lines(axes[0], "variance_total")
+    axes[0].set_ylabel("trace of the per-sample covariance ((return per unit parameter)²)")
+    axes[0].set_title("total per-parameter variance across samples")
+    lines(axes[1], "relative_se")
+    axes[1].axhline(1.0, color="grey", linewidth=0.8)
+    axes[1].set_ylabel(f"standard error / ‖mean‖, N = {samples}")
+    axes[1].set_title("relative standard error of the mean gradient")
+    axes[1].legend(fontsize=8)
+    _save(fig, figures / "gradient_variance.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.8), constrained_layout=True)
+    for i, policy in enumerate(policies):
+        h, cosine = _series(rows, policy, ESTIMATORS[0], "cosine")
+        _, se = _series(rows, policy, ESTIMATORS[0], "cosine_se")
+        resolved = _resolved(rows, policy)
+        linestyle, marker = styles.get(policy, ("-", "^"))
+        color = f"C{i + 2}"
+        ax.errorbar(h, cosine, yerr=se, linestyle=linestyle, color=color, capsize=3, label=f"{policy} policy")
+        ax.scatter(h[resolved], cosine[resolved], marker=marker, color=color, zorder=3)
+        ax.scatter(h[~resolved], cosine[~resolved], marker=marker, facecolors="white", edgecolors=color, zorder=3)
+    ax.set_xscale("log")
+    ax.set_ylim(-1.05, 1.05)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("cosine(mean first-order, mean zeroth-order)")
+    ax.set_title(f"agreement of the estimators (± jackknife s.e.); hollow: a mean with\nrelative s.e. ≥ "
+                 f"{RESOLVED_RELATIVE_SE} at N = {samples}, so the cosine says little", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    _save(fig, figures / "cosine.png")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------- findings
+def _loglog_slope(h: np.ndarray, y: np.ndarray) -> float:
+    keep = (y > 0) & np.isfinite(y)
+    return float(np.polyfit(np.log(h[keep]), np.log(y[keep]), 1)[0]) if keep.sum() >= 2 else math.nan
+
+
+def _horizon_list(horizons: Sequence[int]) -> str:
+    return ", ".join(str(int(h)) for h in horizons) if len(horizons) else "none"
+
+
+def study_findings(rows: Sequence[Mapping[str, Any]], samples: int) -> list[str]:
+    """Statements about the results, each computed from ``rows`` (nothing here is asserted in advance)."""
+    findings = []
+    for policy in _policies(rows):
+        h, var_fo = _series(rows, policy, "first_order", "variance_total")
+        _, var_lr = _series(rows, policy, "likelihood_ratio", "variance_total")
+        _, norm_fo = _series(rows, policy, "first_order", "grad_norm")
+        _, mean_norm_fo = _series(rows, policy, "first_order", "mean_sample_norm")
+        _, median_norm_fo = _series(rows, policy, "first_order", "median_sample_norm")
+        _, rse_fo = _series(rows, policy, "first_order", "relative_se")
+        _, cosine = _series(rows, policy, "first_order", "cosine")
+        _, cosine_se = _series(rows, policy, "first_order", "cosine_se")
+        lo, hi = 0, len(h) - 1
+        snr = norm_fo**2 / var_fo
+        findings.append(
+            f"**{policy} policy, first order (BPTT):** from H = {h[lo]} to H = {h[hi]} the variance (trace) grows by "
+            f"a factor {var_fo[hi] / var_fo[lo]:.3g} (log-log slope {_loglog_slope(h, var_fo):.2f}) while the norm "
+            f"of the mean gradient grows by {norm_fo[hi] / norm_fo[lo]:.3g}: the per-sample signal-to-noise ratio "
+            f"‖mean‖²/trace goes from {snr[lo]:.3g} to {snr[hi]:.3g} (lowest {snr.min():.3g}, at H = "
+            f"{h[snr.argmin()]}). With {samples} samples the mean's relative standard error is {rse_fo[lo]:.3g} at "
+            f"H = {h[lo]} and {rse_fo[hi]:.3g} at H = {h[hi]}"
+            + (f" (about {samples * (rse_fo[hi] / 0.1) ** 2:.3g} samples would bring it to 0.1)" if rse_fo[hi] > 0.1
+               else "")
+            + f". Mean / median per-sample norm: {mean_norm_fo[lo] / median_norm_fo[lo]:.3g} at H = {h[lo]}, "
+            f"{mean_norm_fo[hi] / median_norm_fo[hi]:.3g} at H = {h[hi]} (a ratio far above 1 means that a few samples "
+            "carry most of the gradient)."
+        )
+        ratio = var_fo / var_lr
+        close = np.flatnonzero(ratio >= 0.5)
+        tail = [i for i in close if (ratio[i:] >= 0.5).all()]
+        findings.append(
+            f"**{policy} policy, first vs zeroth order:** variance ratio first / zeroth order (the zeroth-order "
+            "estimator needs 1 / ratio times as many samples for the same standard error) by horizon: "
+            + ", ".join(f"H = {hh}: {r:.2g}" for hh, r in zip(h, ratio, strict=True))
+            + f". First order has the lower variance at H = {_horizon_list(h[ratio < 1])} and the higher one at "
+            f"H = {_horizon_list(h[ratio >= 1])}"
+            + (f"; from H = {h[tail[0]]} on it is no longer below half the zeroth-order variance" if tail else "")
+            + f". The zeroth-order variance grows by a factor {var_lr[hi] / var_lr[lo]:.3g} over the same range "
+            f"(log-log slope {_loglog_slope(h, var_lr):.2f})."
+        )
+        resolved = _resolved(rows, policy)
+        agree = h[resolved & (cosine - 2 * cosine_se > 0.9)]
+        disagree = h[resolved & (cosine + 2 * cosine_se < 0.5)]
+        cells = ", ".join(f"{hh}: {c:.2f} ± {e:.2f}" for hh, c, e in zip(h, cosine, cosine_se, strict=True))
+        unresolved = [f"the {label} mean is unresolved at H = {_horizon_list(h[~_resolved(rows, policy, name)])}"
+                      for name, label in (("first_order", "first-order"), ("likelihood_ratio", "zeroth-order"))
+                      if not _resolved(rows, policy, name).all()]
+        findings.append(
+            f"**{policy} policy, agreement:** cosine between the mean gradients ± jackknife s.e., by H: {cells}; "
+            f"its s.e. is below a third of |cosine| at H = {_horizon_list(h[np.abs(cosine) > 3 * cosine_se])}. Both "
+            f"means are resolved (relative s.e. < {RESOLVED_RELATIVE_SE}) at H = {_horizon_list(h[resolved])}; there "
+            f"the estimators agree (cosine > 0.9 beyond 2 s.e.) at H = {_horizon_list(agree)} and disagree (cosine "
+            f"< 0.5 beyond 2 s.e.) at H = {_horizon_list(disagree)}."
+            + (f" Elsewhere {' and '.join(unresolved)}: a few heavy-tailed samples dominate such a mean, the jackknife "
+               "s.e. can understate the cosine's spread, and the cosine is weak evidence even where its s.e. is small."
+               if unresolved else "")
+        )
+    return findings
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def _format(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def regenerate_command(exp_dir: Path) -> str:
+    results = exp_dir.parent
+    extra = "" if results == Path("results") else f" RESULTS={results}"
+    return f"make experiment EXP={exp_dir.name}{extra}"
+
+
+def study_report(exp_dir: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any]
+                 ) -> str:
+    """The text of ``REPORT.md``: ``info`` is the study's ``config.json``, ``rows`` its parsed CSV."""
+    config = info["config"]
+    baseline = config["likelihood_ratio_baseline"]
+    lines = [
+        f"# Gradient study: {exp_dir.name}",
+        "",
+        config["description"],
+        "",
+        f"Regenerate with `{regenerate_command(exp_dir)}`: `python -m research.experiment {info['source']}"
+        + ("" if exp_dir.parent == Path("results") else f" --results {exp_dir.parent}")
+        + f"` measures (writes [{DATA}]({DATA}) and [{CONFIG}]({CONFIG}); this run took {info['wall_time_s']:.0f} s "
+        f"on {info['device']}, git commit `{info.get('git_commit')}`"
+        + (", `-dirty`: with uncommitted changes" if str(info.get("git_commit")).endswith("-dirty") else "")
+        + f"), then `python scripts/gradient_report.py {exp_dir}` draws the figures and this report from those two "
+        "files.",
+        "",
+        "## What was measured",
+        "",
+        f"For each policy and horizon H in {config['horizons']}, {config['samples']} independent samples (initial "
+        "state from Gymnasium's reset distribution, default physics, Gaussian action noise of std "
+        f"σ = {config['action_noise']} N m added after the tanh squash) per estimator, in {config['dtype']}, "
+        f"differentiated {config['chunk']} at a time and streamed into the statistics. Both estimators estimate the "
+        "gradient of the same smoothed objective E[R_H], R_H the undiscounted H-step return:",
+        "",
+        "- **first order (BPTT)**: ∇θ R_H with a_t = μθ(s_t) + σ ε_t, differentiated through the policy and the "
+        "simulator;",
+        f"- **zeroth order (likelihood ratio, REINFORCE, `likelihood_ratio_baseline = \"{baseline}\"`)**: "
+        f"{LR_BASELINE_FORMULAS.get(baseline, baseline)}.",
+        "",
+        "Columns: `lr_baseline` = the zeroth-order estimator's variant; `grad_norm` = ‖mean gradient‖; "
+        "`mean_sample_norm` / `median_sample_norm` = mean / median of the per-sample norms; `variance_mean` / "
+        "`variance_total` = per-parameter variance across samples, averaged / summed (trace of the covariance) over "
+        "the parameters; `relative_se` = √(variance_total / N) / grad_norm; `cosine` (± `cosine_se`, delete-a-group "
+        f"jackknife over {info['jackknife_groups']} groups) = cosine between the two estimators' mean gradients "
+        "(independent samples); `return_mean` = mean H-step return.",
+        "",
+        "Policies:",
+        "",
+    ]
+    for name, policy in info["policies"].items():
+        training = policy.get("training_eval")
+        lines.append(
+            f"- **{name}**: {policy['source']}; {policy['parameters']} parameters; protocol evaluation (1000 fixed "
+            f"starts, 200 steps, deterministic): return {policy['eval']['return_mean']:.1f} "
+            f"(success rate {policy['eval']['success_rate']:.2f})"
+            + (f"; training run's final evaluation: eval.return_mean = {training['return_mean']:.1f}" if training
+               else "")
+        )
+    lines += ["", "## Findings", "", *(f"- {f}" for f in study_findings(rows, config["samples"])), ""]
+    lines += ["## Results", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for row in rows]
+    lines += [
+        "",
+        f"Data: [{DATA}]({DATA}); configuration, versions and machine: [{CONFIG}]({CONFIG}).",
+        "",
+        "## Figures",
+        "",
+        "![norm of the mean gradient and mean per-sample norm against the horizon](figures/gradient_norm.png)",
+        "",
+        "![variance and relative standard error against the horizon](figures/gradient_variance.png)",
+        "",
+        "![cosine between the estimators' mean gradients against the horizon](figures/cosine.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment_dir", type=Path, help="results/<gradient study>, e.g. results/gradient_study")
+    args = parser.parse_args(argv)
+    exp_dir = experiment_dir(args.experiment_dir)
+    columns, rows, info = load_study(exp_dir)
+    plot_study(rows, exp_dir / "figures", info["config"]["samples"])
+    report = exp_dir / "REPORT.md"
+    tmp = report.with_name(f".REPORT.{os.getpid()}.tmp.md")
+    tmp.write_text(study_report(exp_dir, columns, rows, info))
+    os.replace(tmp, report)
+    print(f"wrote {exp_dir / 'figures'}/{{{','.join(FIGURES)}}} and {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
