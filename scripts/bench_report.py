@@ -3,10 +3,11 @@
     python scripts/bench_report.py results/bench/benchmark.json [results/bench/benchmark-1thread.json ...]
 
 For each question (simulation, one BPTT iteration, DDPG's update and collector) a table of every case, then the
-speed-up of our fastest case over each peer at each batch size, the issue's targets checked against the
-measurements, and a plot of throughput against batch size. Rates are work per call over the median round. Reads only
-the JSON files (``extra_info`` of each case is written by ``tests/benchmarks/conftest.py``); imports nothing from
-the project. Several files (e.g. one per thread count) are merged; machine and commit come from the first.
+speed-up of our fastest case over each peer at each batch size, the project's speed targets (``docs/protocol.md``)
+checked against the measurements, and a plot of throughput against batch size. Rates are work per call over the
+median round. Reads only the JSON files (``extra_info`` of each case is written by ``tests/benchmarks/conftest.py``);
+imports nothing from the project. Several files (e.g. one per thread count) are merged; machine and commit come from
+the first.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ QUESTIONS = {
 }
 #: Cases that are ours; every other case in the same group is a peer.
 OURS = ("fused", "fused-compiled", "simulator")
-#: The issue's targets: (question, batch, peer or None for an absolute rate, minimum ratio or env-steps/s, label).
+#: The speed targets of docs/protocol.md: (question, batch, peer or None for an absolute rate, minimum ratio or
+#: env-steps/s, label). ``torchrl-seed`` is the seed recipe's loop (TorchRL's pendulum tutorial).
 TARGETS = [
-    ("bptt", 32, "torchrl-seed", 10.0, "BPTT iteration, fused vs the seed's loop, batch 32"),
-    ("bptt", 1024, "torchrl-seed", 3.0, "BPTT iteration, fused vs the seed's loop, batch 1024"),
+    ("bptt", 32, "torchrl-seed", 10.0, "BPTT iteration, fused vs the seed recipe's loop, batch 32"),
+    ("bptt", 1024, "torchrl-seed", 3.0, "BPTT iteration, fused vs the seed recipe's loop, batch 1024"),
     ("simulate", 4096, None, 2e6, "Simulation, fused, batch 4096 (env-steps/s)"),
     ("simulate", 4096, "gymnasium", 100.0, "Simulation, fused vs Gymnasium's vector env, batch 4096"),
 ]

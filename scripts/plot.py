@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from _rundata import THRESHOLD, Run, bootstrap_ci, experiment_dir, group_by_algo, has_finished_runs, load_runs  # noqa: E402
 
 ZOO_DDPG_RETURN = -152.1
-"""rl-baselines3-zoo benchmark: DDPG on Pendulum-v1 after 20k steps (shared/REFERENCE.md)."""
+"""rl-baselines3-zoo benchmark: DDPG on Pendulum-v1 after 20k steps, one trained agent (docs/protocol.md)."""
 GRID_POINTS = 200
 BAND_RESAMPLES = 2_000
 FIGURES = {

@@ -27,7 +27,7 @@ from torchrl.envs import CatTensors, Transform, TransformedEnv, UnsqueezeTransfo
 from torchrl.envs import PendulumEnv as TorchRLPendulumEnv
 from torchrl.envs.transforms.transforms import _apply_to_composite
 
-#: The seed notebook's policy network for the BPTT question: three hidden tanh layers of 64 (3-64-64-64-1).
+#: The seed recipe's policy network (docs/protocol.md) for the BPTT question: three hidden tanh layers of 64.
 BPTT_HIDDEN = (64, 64, 64)
 #: The project's default policy network (3-64-64-1), used for the simulation question.
 SIM_HIDDEN = (64, 64)
@@ -91,7 +91,7 @@ def measure(benchmark) -> Callable[..., Any]:
 
 # ---------------------------------------------------------------------------------------------------------------- peers
 class TrigTransform(Transform):
-    """The seed notebook's ``SinTransform`` / ``CosTransform`` (``fn`` is ``torch.sin`` or ``torch.cos``), on current
+    """The seed recipe's ``SinTransform`` / ``CosTransform`` (``fn`` is ``torch.sin`` or ``torch.cos``), on current
     torchrl names."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], in_keys: list, out_keys: list) -> None:
@@ -111,7 +111,7 @@ class TrigTransform(Transform):
 
 
 def make_seed_env(device: str = "cpu", seed: int = 0) -> TransformedEnv:
-    """torchrl's built-in ``PendulumEnv`` with the seed notebook's transforms: ``observation = [sin, cos, thdot]``."""
+    """torchrl's built-in ``PendulumEnv`` with the seed recipe's transforms: ``observation = [sin, cos, thdot]``."""
     env = TransformedEnv(
         TorchRLPendulumEnv(device=device),
         UnsqueezeTransform(dim=-1, in_keys=["th", "thdot"], in_keys_inv=["th", "thdot"]),

@@ -1,11 +1,12 @@
 """Question 2: one BPTT iteration (reset, rollout of H = 100 steps, backward, gradient clip, Adam step).
 
-Every case trains the same 3-64-64-64-1 tanh MLP (the seed notebook's size) with loss ``-mean(reward)``:
+Every case trains the same 3-64-64-64-1 tanh MLP (the seed recipe's size) with loss ``-mean(reward)``:
 
 - ``fused``: :func:`research.rollout.fused_rollout`, eager;
 - ``fused-compiled``: the same with ``compile=True`` (forward and backward compiled in chunks);
 - ``env.rollout``: our :class:`research.envs.PendulumEnv` (``validate=False``) through TorchRL's ``env.rollout``;
-- ``torchrl-seed``: the seed notebook's loop on torchrl's built-in ``PendulumEnv`` with its transforms, verbatim
+- ``torchrl-seed``: the seed recipe's loop (TorchRL's pendulum tutorial, described in ``docs/protocol.md``) on
+  torchrl's built-in ``PendulumEnv`` with the tutorial's transforms, verbatim
   (``env.rollout(100, policy, tensordict=env.reset(env.gen_params(batch_size=[B])), auto_reset=False)``), with the
   seed's network (``nn.Sequential`` of ``Linear``/``Tanh``, explicit sizes instead of ``LazyLinear``).
 """
@@ -31,7 +32,7 @@ LR = 2e-3
 
 
 def _update(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """The seed's update: backward, clip the gradient norm to 1, Adam step, zero the gradients."""
+    """The seed recipe's update: backward, clip the gradient norm to 1, Adam step, zero the gradients."""
     loss.backward()
     torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
     optimizer.step()

@@ -5,7 +5,8 @@ Cases, each from the same start states with the same policy (``SquashedMLP`` 3-6
 - ``fused``: :func:`research.rollout.simulate` (eager);
 - ``fused-compiled``: the same in ``torch.compile``-d chunks (CUDA graphs on CUDA);
 - ``env.rollout``: our :class:`research.envs.PendulumEnv` (``validate=False``) through TorchRL's ``env.rollout``;
-- ``torchrl``: torchrl's built-in ``PendulumEnv`` with the seed notebook's transforms through ``env.rollout``;
+- ``torchrl``: torchrl's built-in ``PendulumEnv`` with the seed recipe's transforms (TorchRL's pendulum tutorial,
+  ``docs/protocol.md``) through ``env.rollout``;
 - ``gymnasium``: Gymnasium's vectorised Pendulum-v1 (``SyncVectorEnv``; Pendulum has no native vector env), numpy
   stepping with the torch policy called on each batch of observations. Capped at batch 4096: at 65536 one round
   would take minutes.
