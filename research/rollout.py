@@ -6,7 +6,14 @@ rewards and gradients (``tests/test_rollout.py`` checks it).
 
 Episodes can be truncated inside a rollout: with ``episode_length`` set, every environment whose step counter reaches
 it is reset to a fresh state drawn from Gymnasium's reset distribution (the gradient chain is cut there, as in a
-real reset). Staggered step counters give the staggered episode starts of truncated BPTT and SHAC.
+real reset; with a wall, the new angle is represented in the wall's range). Staggered step counters give the
+staggered episode starts of truncated BPTT and SHAC.
+
+Which optional physics terms the steps compute (:class:`research.envs.physics.PhysicsFeatures`) is decided once per
+rollout: from ``features=`` (e.g. ``Physics.features`` of a preset, no host sync) or else read from ``params`` with
+one host sync. Torque noise (``torque_noise > 0``) takes one standard-normal sample per environment and step: the
+whole ``[*B, H]`` block is drawn at the start of the rollout from ``noise_generator`` (default: ``generator``), or
+passed in as ``noise=`` (the evaluator does, so every method meets the same noise).
 
 Two faster variants of the same loop (``tests/benchmarks`` measures them; results agree with the eager loop to float
 tolerance, not bit for bit):
@@ -30,11 +37,14 @@ from torch import Tensor, nn
 
 from research.envs.physics import (
     PendulumParams,
+    PhysicsFeatures,
     observation,
     observe,
     pendulum_step,
+    physics_features,
     sample_initial_state,
     step_constants,
+    to_wall_range,
 )
 from research.policies import SquashedMLP, as_tensor_policy
 
@@ -79,6 +89,34 @@ def initial_state(th: Tensor, thdot: Tensor, step_count: Tensor | None = None) -
     return RolloutState(th, thdot, step_count)
 
 
+def rollout_noise(
+    shape: torch.Size | tuple[int, ...],
+    horizon: int,
+    features: PhysicsFeatures,
+    like: Tensor,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor | None:
+    """The standard-normal torque-noise block ``[*shape, horizon]`` of a rollout, or ``None`` without noise.
+
+    ``noise`` (if given) is checked and returned; otherwise it is drawn from ``generator`` on ``like``'s device and
+    dtype. Raises ``ValueError`` when the features need noise and neither is given.
+    """
+    if not features.noise:
+        return None
+    expected = (*shape, horizon)
+    if noise is not None:
+        if tuple(noise.shape) != expected:
+            raise ValueError(f"noise must have shape [*B, H] = {list(expected)}, got {list(noise.shape)}")
+        return noise
+    if generator is None:
+        raise ValueError(
+            "generator (or noise_generator, or noise) is required when torque_noise > 0: the rollout draws its "
+            "torque noise from it; got None"
+        )
+    return torch.randn(expected, generator=generator, device=like.device, dtype=like.dtype)
+
+
 def fused_rollout(
     policy: Policy,
     state: RolloutState,
@@ -89,36 +127,50 @@ def fused_rollout(
     generator: torch.Generator | None = None,
     keep_trajectory: bool = False,
     compile: bool = False,
+    features: PhysicsFeatures | None = None,
+    noise: Tensor | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> Rollout:
     """Rolls ``policy`` through the pendulum for ``horizon`` steps, differentiably.
 
     Args:
         policy: ``observation [*B, 3] -> action [*B, 1]``.
-        state: start state (see :func:`initial_state`); tensors may require grad.
-        params: physical parameters, each ``[*B]``.
+        state: start state (see :func:`initial_state`); tensors may require grad. With a wall, ``state.th`` must
+            lie in the wall's range ``[phi - 2 pi, phi]`` (``Physics.initial_state`` and resets give that; a carried
+            state already is).
+        params: physical parameters, each ``[*B]`` or broadcastable to it.
         horizon: number of steps ``H``.
         episode_length: if set, environments whose episode reaches this many steps are reset in place, with new
             states drawn from ``generator``.
+        generator: draws the reset states, and the torque noise unless ``noise_generator`` or ``noise`` is given.
         keep_trajectory: also return observations, actions, next observations and truncation flags.
         compile: run the steps in ``torch.compile``-d chunks of :data:`COMPILE_CHUNK` steps (forward and backward
             compiled; the first call per batch shape compiles for tens of seconds). Not with ``episode_length``.
+        features: which optional physics terms to compute (e.g. ``Physics.features``); default: read from
+            ``params`` (one host sync per call). Must cover ``params``; a superset is correct, only slower.
+        noise: standard-normal torque noise ``[*B, H]`` to use instead of drawing it (only with noise features).
+        noise_generator: a separate stream for the torque noise (default: ``generator``).
 
     Returns:
         A :class:`Rollout`; ``rewards`` has shape ``[*B, H]``.
     """
     if horizon <= 0:
         raise ValueError(f"horizon must be a positive number of steps, got {horizon}")
+    th, thdot, step_count = state
+    features = physics_features(params) if features is None else features
+    noise_generator = generator if noise_generator is None else noise_generator
+    noise = rollout_noise(th.shape, horizon, features, th, noise, noise_generator)
     if compile:
         if episode_length is not None:
             raise ValueError("compile=True rolls out without resets; use episode_length=None (or compile=False)")
-        return _compiled_rollout(policy, state, params, horizon, keep_trajectory)
-    th, thdot, step_count = state
-    constants = step_constants(params)
+        return _compiled_rollout(policy, state, params, horizon, keep_trajectory, features, noise)
+    constants = step_constants(params, features)
     rewards, observations, actions, next_observations, truncations = [], [], [], [], []
-    for _ in range(horizon):
+    for t in range(horizon):
         obs, sin_th = observe(th, thdot)
         action = policy(obs)
-        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th)
+        step_noise = None if noise is None else noise[..., t]
+        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th, noise=step_noise)
         rewards.append(reward)
         if episode_length is not None:
             step_count = step_count + 1
@@ -129,6 +181,8 @@ def fused_rollout(
         if episode_length is not None:
             done = step_count >= episode_length
             new_th, new_thdot = sample_initial_state(th.shape, generator, th.device, th.dtype)
+            if features.wall:
+                new_th = to_wall_range(new_th, constants.wall_angle)
             th = torch.where(done, new_th, th)
             thdot = torch.where(done, new_thdot, thdot)
             step_count = torch.where(done, torch.zeros_like(step_count), step_count)
@@ -158,19 +212,27 @@ def discounted_sum(rewards: Tensor, discount: float) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------------- compiled chunks
 def _rollout_steps(
-    policy: Policy, th: Tensor, thdot: Tensor, params: PendulumParams, steps: int, keep_trajectory: bool
+    policy: Policy,
+    th: Tensor,
+    thdot: Tensor,
+    params: PendulumParams,
+    steps: int,
+    keep_trajectory: bool,
+    features: PhysicsFeatures,
+    noise: Tensor | None,
 ) -> tuple[Tensor, ...]:
-    """``steps`` steps of the fused loop without resets, the body of one compiled chunk.
+    """``steps`` steps of the fused loop without resets, the body of one compiled chunk (``noise``: ``[*B, steps]``).
 
     Returns ``(th, thdot, rewards [*B, steps])``, followed by ``observations [*B, steps, 3]``, ``actions
     [*B, steps, 1]`` and ``next_observations [*B, steps, 3]`` when ``keep_trajectory``.
     """
-    constants = step_constants(params)
+    constants = step_constants(params, features)
     rewards, observations, actions = [], [], []
-    for _ in range(steps):
+    for t in range(steps):
         obs, sin_th = observe(th, thdot)
         action = policy(obs)
-        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th)
+        step_noise = None if noise is None else noise[..., t]
+        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th, noise=step_noise)
         rewards.append(reward)
         if keep_trajectory:
             observations.append(obs)
@@ -205,13 +267,21 @@ def _compiled(fn: Callable, device: torch.device) -> Callable:
 
 
 def _compiled_rollout(
-    policy: Policy, state: RolloutState, params: PendulumParams, horizon: int, keep_trajectory: bool
+    policy: Policy,
+    state: RolloutState,
+    params: PendulumParams,
+    horizon: int,
+    keep_trajectory: bool,
+    features: PhysicsFeatures,
+    noise: Tensor | None,
 ) -> Rollout:
     th, thdot, step_count = state
     steps_fn = _compiled(_rollout_steps, th.device)
     chunks = []
     for start in range(0, horizon, COMPILE_CHUNK):
-        out = steps_fn(policy, th, thdot, params, min(COMPILE_CHUNK, horizon - start), keep_trajectory)
+        stop = min(start + COMPILE_CHUNK, horizon)
+        chunk_noise = None if noise is None else noise[..., start:stop]
+        out = steps_fn(policy, th, thdot, params, stop - start, keep_trajectory, features, chunk_noise)
         th, thdot = out[0], out[1]
         chunks.append(out[2:])
     final = RolloutState(th, thdot, step_count + horizon)
@@ -276,13 +346,22 @@ def _use_onednn(policy: Policy, batch: int, like: Tensor) -> bool:
 
 
 def _simulate_steps(
-    policy: Policy, th: Tensor, thdot: Tensor, returns: Tensor, params: PendulumParams, steps: int, onednn: bool
+    policy: Policy,
+    th: Tensor,
+    thdot: Tensor,
+    returns: Tensor,
+    params: PendulumParams,
+    steps: int,
+    onednn: bool,
+    features: PhysicsFeatures,
+    noise: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    constants = step_constants(params)
-    for _ in range(steps):
+    constants = step_constants(params, features)
+    for t in range(steps):
         obs, sin_th = observe(th, thdot)
         action = _onednn_forward(policy, obs) if onednn else policy(obs)
-        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th)
+        step_noise = None if noise is None else noise[..., t]
+        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th, noise=step_noise)
         returns = returns + reward
     return th, thdot, returns
 
@@ -296,6 +375,9 @@ def simulate(
     *,
     compile: bool = False,
     tile: int = SIMULATE_TILE,
+    features: PhysicsFeatures | None = None,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
 ) -> Simulation:
     """Rolls ``policy`` through the pendulum for ``horizon`` steps without gradients and returns only the returns.
 
@@ -311,6 +393,10 @@ def simulate(
         horizon: number of steps ``H``.
         compile: run the loop in ``torch.compile``-d chunks of :data:`COMPILE_CHUNK` steps (CUDA graphs on CUDA).
         tile: rows simulated together.
+        features: which optional physics terms to compute (default: read from ``params``, one host sync).
+        generator: draws the torque noise (``[tile, H]`` per tile) when ``torque_noise > 0`` and ``noise`` is not
+            given.
+        noise: standard-normal torque noise ``[*B, H]`` to use instead.
 
     Returns:
         A :class:`Simulation` of ``[*B]`` tensors: the undiscounted returns and the final state.
@@ -324,18 +410,29 @@ def simulate(
     batch = th.shape
     th, thdot = th.reshape(-1), thdot.reshape(-1)
     n = th.numel()
-    params = PendulumParams(*(torch.broadcast_to(p, batch).reshape(-1) for p in params))
+    features = physics_features(params) if features is None else features
+    params = PendulumParams(
+        *(torch.broadcast_to(torch.as_tensor(p, dtype=th.dtype, device=th.device), batch).reshape(-1) for p in params)
+    )
+    if noise is not None:
+        noise = rollout_noise(batch, horizon, features, th, noise).reshape(n, horizon)
     steps_fn = _compiled(_simulate_steps, th.device) if compile else _simulate_steps
     chunk = COMPILE_CHUNK if compile else horizon
     tiles = []
     for lo in range(0, n, tile):
         rows = slice(lo, min(lo + tile, n))
         t_th, t_thdot, t_params = th[rows], thdot[rows], PendulumParams(*(p[rows] for p in params))
+        if noise is None:
+            t_noise = rollout_noise(t_th.shape, horizon, features, t_th, None, generator)
+        else:
+            t_noise = noise[rows]
         onednn = _use_onednn(policy, t_th.shape[0], t_th)
         returns = torch.zeros_like(t_th)
         for start in range(0, horizon, chunk):
+            stop = min(start + chunk, horizon)
+            c_noise = None if t_noise is None else t_noise[:, start:stop]
             t_th, t_thdot, returns = steps_fn(
-                policy, t_th, t_thdot, returns, t_params, min(chunk, horizon - start), onednn
+                policy, t_th, t_thdot, returns, t_params, stop - start, onednn, features, c_noise
             )
         tiles.append((returns, t_th, t_thdot))
     # torch.cat copies, so nothing returned aliases a CUDA graph's output buffers.
