@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
@@ -49,12 +50,29 @@ class PendulumEnv(EnvBase):
         param_ranges: optional domain randomisation, e.g. ``{"g": (8.0, 12.0)}``; used by ``gen_params`` when it
             is called without explicit values.
         validate: check actions and parameters at every step (one host sync per step). Turn off for raw speed.
+        render_mode: ``None`` or ``"rgb_array"``. With ``"rgb_array"`` every reset and step also returns
+            ``pixels`` (``[*B, render_size, render_size, 3]`` ``uint8``, one picture per batch element, drawn with
+            pillow by :func:`research.render.pendulum_frame`, the applied torque as an arrow), so torchrl's
+            ``VideoRecorder`` records it directly, and :meth:`render` returns the picture of the first batch element.
+        render_size: side of those pictures in pixels.
+
+    Recording a video with torchrl (``skip=1``: a frame per step; a ``CSVLogger`` writes ``.pt``, or ``.mp4`` where
+    torchcodec is installed)::
+
+        from torchrl.envs import TransformedEnv
+        from torchrl.record import CSVLogger, VideoRecorder
+        env = TransformedEnv(PendulumEnv(render_mode="rgb_array"),
+                             VideoRecorder(CSVLogger("pendulum", log_dir="videos"), tag="swingup", skip=1))
+        env.rollout(200, policy)   # a TensorDictModule reading "observation", e.g. research.policies.make_actor
+        env.transform.dump()       # videos/pendulum/videos/swingup_0.pt: [1, 201, 3, H, W] uint8 (reset + 200)
+
+    ``python -m research.render`` draws side-by-side comparisons of trained policies (GIF, MP4) from the same code.
 
     A non-finite action is not rejected: ``+-inf`` saturates at ``+-max_torque`` and ``NaN`` propagates into the
     next state and reward (see :mod:`research.envs.physics`).
     """
 
-    metadata = {"render_modes": [], "render_fps": 20}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
     batch_locked = False
 
     def __init__(
@@ -65,9 +83,18 @@ class PendulumEnv(EnvBase):
         batch_size: Sequence[int] = (),
         param_ranges: Mapping[str, tuple[float, float]] | None = None,
         validate: bool = True,
+        render_mode: str | None = None,
+        render_size: int = 256,
     ) -> None:
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        if int(render_size) <= 0:
+            raise ValueError(f"render_size must be a positive number of pixels, got {render_size}")
+        self.render_mode = render_mode
+        self.render_size = int(render_size)
+        self._last_frame_state: tuple[float, float | None] | None = None
         super().__init__(device=device, batch_size=torch.Size(batch_size))
         self.dtype = dtype
         self.param_ranges = dict(param_ranges or {})
@@ -126,6 +153,11 @@ class PendulumEnv(EnvBase):
             device=self.device,
         )
         self.reward_spec = Unbounded(shape=(*batch, 1), dtype=self.dtype, device=self.device)
+        if self.render_mode == "rgb_array":
+            side = self.render_size
+            self.observation_spec["pixels"] = Bounded(
+                low=0, high=255, shape=(*batch, side, side, 3), dtype=torch.uint8, device=self.device
+            )
 
     # ------------------------------------------------------------------ EnvBase API
     def _set_seed(self, seed: int | None) -> None:
@@ -143,7 +175,7 @@ class PendulumEnv(EnvBase):
         batch = params.batch_size
         th, thdot = sample_initial_state(batch, generator=self.rng, device=self.device, dtype=self.dtype)
         done = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
-        return TensorDict(
+        out = TensorDict(
             {
                 "th": th,
                 "thdot": thdot,
@@ -156,6 +188,9 @@ class PendulumEnv(EnvBase):
             batch_size=batch,
             device=self.device,
         )
+        if self.render_mode == "rgb_array":
+            out["pixels"] = self._pixels(th, None)
+        return out
 
     def _step(self, tensordict: TensorDictBase) -> TensorDict:
         th, thdot, action = tensordict["th"], tensordict["thdot"], tensordict["action"]
@@ -164,7 +199,7 @@ class PendulumEnv(EnvBase):
         params = PendulumParams.from_mapping(tensordict["params"])
         next_th, next_thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), params)
         done = torch.zeros((*th.shape, 1), dtype=torch.bool, device=th.device)
-        return TensorDict(
+        out = TensorDict(
             {
                 "th": next_th,
                 "thdot": next_thdot,
@@ -178,6 +213,43 @@ class PendulumEnv(EnvBase):
             batch_size=tensordict.batch_size,
             device=self.device,
         )
+        if self.render_mode == "rgb_array":
+            torque = action.squeeze(-1).clamp(-params.max_torque, params.max_torque)
+            out["pixels"] = self._pixels(next_th, torque)
+        return out
+
+    # ------------------------------------------------------------------ rendering
+    def _pixels(self, th: torch.Tensor, torque: torch.Tensor | None) -> torch.Tensor:
+        """``[*B, S, S, 3]`` uint8 pictures of the states ``th [*B]`` (and the torques just applied)."""
+        from research.render import pendulum_frame  # research.render imports this package: import it late
+
+        angles = th.detach().reshape(-1).cpu().double().tolist()
+        torques = [None] * len(angles) if torque is None else torque.detach().reshape(-1).cpu().double().tolist()
+        if angles:
+            self._last_frame_state = (angles[0], torques[0])
+        side = self.render_size
+        frames = [pendulum_frame(a, u, side) for a, u in zip(angles, torques, strict=True)]
+        stacked = np.stack(frames) if frames else np.zeros((0, side, side, 3), dtype=np.uint8)
+        return torch.from_numpy(stacked).reshape(*th.shape, side, side, 3).to(self.device)
+
+    def render(self, tensordict: TensorDictBase | None = None) -> np.ndarray:
+        """``[render_size, render_size, 3]`` uint8: the first batch element of ``tensordict`` (its ``th``, and the
+        ``action`` if it holds one), or else of the last state this env returned (needs ``render_mode="rgb_array"``).
+
+        ``torchrl.record.PixelRenderTransform(pass_tensordict=True)`` calls it this way.
+        """
+        from research.render import pendulum_frame
+
+        if tensordict is not None:
+            th = float(tensordict["th"].reshape(-1)[0])
+            action = tensordict.get("action", None)
+            torque = None if action is None else float(action.reshape(-1)[0])
+        elif self._last_frame_state is not None:
+            th, torque = self._last_frame_state
+        else:
+            raise RuntimeError("nothing to render yet: call reset() on an env built with render_mode='rgb_array', "
+                               "or pass a tensordict holding 'th'")
+        return pendulum_frame(th, torque, self.render_size)
 
     @staticmethod
     def _check_step_input(td: TensorDictBase, th: torch.Tensor, thdot: torch.Tensor, action: torch.Tensor) -> None:

@@ -1,0 +1,520 @@
+"""Pictures of the pendulum, drawn with pillow alone: frames, side-by-side animations of policies, GIF and MP4.
+
+    python -m research.render results/pendulum_compare     # -> results/pendulum_compare/media/*.gif (make render)
+
+Each animation starts several pendulums from the same evaluation start (:func:`research.evaluation.evaluation_states`),
+one per method of the experiment (every ``<algo>/`` with a finished ``seed_<k>/policy.pt``; the seed with the median
+final return unless ``--seed`` says otherwise) plus the dynamic-programming optimum when :mod:`research.optimal` is
+importable, and plays the 200 evaluation steps at the simulator's real time step (``dt = 0.05`` s: 20 frames per
+second). Under the pendulums: each one's torque and running return as text and gauges, and below them the torque
+and running-return traces of all of them over the episode. GIFs are written through pillow; MP4s as well where an
+``ffmpeg`` executable is on the ``PATH``.
+
+Without ``--starts`` three starts are drawn, chosen by rule so that a rerun on the same policies writes the same
+files: ``hanging`` (the evaluation start nearest to hanging straight down at rest), ``spread`` (the start whose returns
+differ most between the methods shown) and ``typical`` (the start whose mean return over the methods is the median
+one). ``media/index.json`` records which start, seed and return each animation shows.
+
+Nothing here imports matplotlib. :func:`pendulum_frame` is also what ``PendulumEnv(render_mode="rgb_array")`` draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:
+    from PIL import Image, ImageDraw, ImageFont
+except ImportError as error:  # pillow comes with matplotlib (the plots extra) or on its own: pip install pillow
+    raise ImportError("research.render draws with pillow: pip install pillow (or the package's plots extra)") from error
+
+from research.envs.physics import DT, MAX_TORQUE, PendulumParams, angle_normalize
+from research.evaluation import EVAL_HORIZON, evaluation_states
+from research.policies import load_policy
+from research.rollout import fused_rollout, initial_state, simulate
+
+FPS = round(1.0 / DT)
+"""Frames per second of every animation: one frame per simulator step (``dt = 0.05`` s)."""
+ROD_COLOR = (204, 77, 77)
+"""Gymnasium's rod colour, used by :class:`~research.envs.PendulumEnv`'s frames."""
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+"""Method colours in the experiment's algorithm order (matplotlib's tab10, as in ``scripts/plot.py``)."""
+OPTIMAL_COLOR = "#333333"
+OPTIMAL_NAME = "optimal (DP)"
+SUPERSAMPLE = 3
+PANEL = 140
+"""Pixels per pendulum in the animations (which zoom in: a window 2.9 rod lengths wide instead of 4.4)."""
+ANIMATION_EXTENT = 2.9
+MANIFEST = "experiment.json"
+
+
+# ---------------------------------------------------------------------------------------------------- one frame
+def _rgb(color: str | tuple[int, int, int]) -> tuple[int, int, int]:
+    if isinstance(color, tuple):
+        return color
+    color = color.lstrip("#")
+    return tuple(int(color[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # pillow < 10.1 or without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def draw_pendulum(
+    th: float,
+    torque: float | None = None,
+    size: int = 200,
+    color: str | tuple[int, int, int] = ROD_COLOR,
+    max_torque: float = MAX_TORQUE,
+    extent: float = 4.4,
+) -> Image.Image:
+    """The pendulum at angle ``th`` (0 upright, counter-clockwise positive) as a ``size x size`` RGB image.
+
+    Gymnasium's picture: a rod of length 1 in a window ``extent`` wide (Gymnasium's 4.4 by default), on an axle;
+    ``torque`` (if given) is a curved arrow
+    above the axle whose length is proportional to ``|torque| / max_torque`` and which turns the way the torque does
+    (counter-clockwise for a positive torque). Drawn ``SUPERSAMPLE`` times larger and scaled down, so edges are smooth.
+    """
+    s = size * SUPERSAMPLE
+    scale = s / extent
+    image = Image.new("RGB", (s, s), "white")
+    draw = ImageDraw.Draw(image)
+    c = s / 2
+    # the circle the rod's tip moves on, and a tick at the top (the goal)
+    r = scale
+    draw.ellipse((c - r, c - r, c + r, c + r), outline=(225, 225, 225), width=max(1, SUPERSAMPLE))
+    draw.line((c, c - r - 0.12 * scale, c, c - r + 0.12 * scale), fill=(170, 170, 170), width=max(1, SUPERSAMPLE))
+    if torque is not None and math.isfinite(torque) and abs(torque) > 1e-3 * max_torque:
+        _draw_torque_arrow(draw, c, 0.55 * scale, max(-1.0, min(1.0, torque / max_torque)), SUPERSAMPLE)
+    tip = (c - r * math.sin(th), c - r * math.cos(th))  # image y points down
+    width = 0.2 * scale
+    rod = _rgb(color)
+    draw.line((c, c, *tip), fill=rod, width=int(round(width)))
+    for x, y in ((c, c), tip):
+        draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=rod)
+    axle = 0.05 * scale
+    draw.ellipse((c - axle, c - axle, c + axle, c + axle), fill=(0, 0, 0))
+    return image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _draw_torque_arrow(draw: ImageDraw.ImageDraw, c: float, radius: float, fraction: float, width: int) -> None:
+    """An arc centred on the top of the axle spanning ``|fraction| * 270`` degrees, head on the side it turns to."""
+    span = 270.0 * abs(fraction)
+    lo, hi = 270.0 - span / 2, 270.0 + span / 2  # pillow's angles: degrees clockwise from 3 o'clock (y down)
+    gray = (90, 90, 90)
+    draw.arc((c - radius, c - radius, c + radius, c + radius), lo, hi, fill=gray, width=2 * width)
+    # counter-clockwise on screen is decreasing pillow angle: the head sits at lo for a positive torque
+    phi = math.radians(lo if fraction > 0 else hi)
+    px, py = c + radius * math.cos(phi), c + radius * math.sin(phi)
+    sign = 1.0 if fraction > 0 else -1.0
+    dx, dy = sign * math.sin(phi), -sign * math.cos(phi)  # direction of motion along the arc
+    nx, ny = math.cos(phi), math.sin(phi)
+    head = 0.35 * radius
+    draw.polygon(
+        [
+            (px + dx * head, py + dy * head),
+            (px + nx * head * 0.55, py + ny * head * 0.55),
+            (px - nx * head * 0.55, py - ny * head * 0.55),
+        ],
+        fill=gray,
+    )
+
+
+def pendulum_frame(th: float, torque: float | None = None, size: int = 200, **kwargs) -> np.ndarray:
+    """:func:`draw_pendulum` as an ``[size, size, 3]`` ``uint8`` array (what ``env.render()`` returns)."""
+    return np.asarray(draw_pendulum(float(th), None if torque is None else float(torque), size, **kwargs))
+
+
+# ---------------------------------------------------------------------------------------------------- trajectories
+@dataclass
+class Trajectory:
+    """One closed-loop episode: ``th``, ``thdot`` ``[T + 1]`` (``th`` wrapped to ``[-pi, pi)``), ``torque`` and
+    ``reward`` ``[T]`` (torque as applied, i.e. clipped), all float64 numpy arrays."""
+
+    name: str
+    color: str
+    th: np.ndarray
+    thdot: np.ndarray
+    torque: np.ndarray
+    reward: np.ndarray
+
+    @property
+    def running_return(self) -> np.ndarray:
+        """``[T + 1]``: the return collected before each frame (0 at the start)."""
+        return np.concatenate([[0.0], np.cumsum(self.reward)])
+
+    @property
+    def total_return(self) -> float:
+        return float(self.reward.sum())
+
+
+@torch.no_grad()
+def closed_loop(
+    policy: Callable[[Tensor], Tensor], th0: Tensor, thdot0: Tensor, steps: int = EVAL_HORIZON
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rolls ``policy`` from ``(th0, thdot0)`` (each ``[N]``, float32 on the CPU as in the evaluator) on default physics.
+
+    Returns ``(th [N, T + 1], thdot [N, T + 1], torque [N, T], reward [N, T])``; ``th`` wrapped to ``[-pi, pi)``,
+    ``torque`` clipped to the torque limit as the physics applies it. Same rollout as the evaluator's, so the rewards
+    sum to the returns it reports for these starts.
+    """
+    params = PendulumParams.default(th0.shape, dtype=th0.dtype)
+    out = fused_rollout(_as_dtype(policy, th0.dtype), initial_state(th0, thdot0), params, steps, keep_trajectory=True)
+    obs = torch.cat([out.observations, out.next_observations[..., -1:, :]], dim=-2)
+    th = torch.atan2(obs[..., 1], obs[..., 0])
+    torque = out.actions[..., 0].clamp(-MAX_TORQUE, MAX_TORQUE)
+    return angle_normalize(th), obs[..., 2], torque, out.rewards
+
+
+def _as_dtype(policy: Callable[[Tensor], Tensor], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+    def call(obs: Tensor) -> Tensor:
+        return policy(obs).to(dtype)
+
+    return call
+
+
+def trajectories(
+    controllers: Sequence[Controller], th0: float, thdot0: float, steps: int = EVAL_HORIZON
+) -> list[Trajectory]:
+    """One :class:`Trajectory` per controller, all from the same start."""
+    th = torch.tensor([th0], dtype=torch.float32)
+    thdot = torch.tensor([thdot0], dtype=torch.float32)
+    result = []
+    for ctrl in controllers:
+        ths, thdots, torque, reward = (x[0].double().numpy() for x in closed_loop(ctrl.policy, th, thdot, steps))
+        result.append(Trajectory(ctrl.name, ctrl.color, ths, thdots, torque, reward))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- controllers
+@dataclass
+class Controller:
+    """A policy to draw: ``policy`` maps ``observation [N, 3] -> action [N, 1]``; ``seed`` and ``path`` of the run
+    it came from (``None`` for the optimum); ``final_return`` the run's final evaluation return."""
+
+    name: str
+    color: str
+    policy: Callable[[Tensor], Tensor]
+    seed: int | None = None
+    path: Path | None = None
+    final_return: float | None = None
+
+
+def experiment_algos(exp_dir: Path) -> list[str]:
+    """The algorithms of an experiment directory: the runner's ``experiment.json`` order, then any other ``<algo>/``
+    holding a finished run with a saved policy (``seed_<k>/summary.json`` and ``policy.pt``), alphabetically."""
+    found = sorted({p.parent.parent.name for p in exp_dir.glob("*/seed_*/policy.pt") if (p.parent / "summary.json").is_file()})
+    manifest = exp_dir / MANIFEST
+    order = json.loads(manifest.read_text()).get("algos", []) if manifest.is_file() else []
+    return [a for a in order if a in found] + [a for a in found if a not in order]
+
+
+def choose_run(exp_dir: Path, algo: str, seed: str | int = "median") -> tuple[Path, int, float]:
+    """``(run directory, seed, final return)`` of one finished run of ``algo``.
+
+    ``seed``: an integer, ``"median"`` (the seed whose final evaluation return is the median of the algorithm's
+    seeds; the lower middle one for an even count), ``"best"`` or ``"worst"``.
+    """
+    runs = []
+    for summary in sorted((exp_dir / algo).glob("seed_*/summary.json")):
+        if not (summary.parent / "policy.pt").is_file():
+            continue
+        data = json.loads(summary.read_text())
+        runs.append((float(data["eval"]["return_mean"]), int(data["seed"]), summary.parent))
+    if not runs:
+        raise FileNotFoundError(f"no finished run of {algo!r} with a policy.pt under {exp_dir / algo}")
+    runs.sort()
+    if seed == "median":
+        ret, k, path = runs[(len(runs) - 1) // 2]
+    elif seed == "best":
+        ret, k, path = runs[-1]
+    elif seed == "worst":
+        ret, k, path = runs[0]
+    else:
+        matches = [r for r in runs if r[1] == int(seed)]
+        if not matches:
+            raise FileNotFoundError(f"{algo!r} has no finished seed {seed} (finished: {sorted(r[1] for r in runs)})")
+        ret, k, path = matches[0]
+    return path, k, ret
+
+
+def experiment_controllers(exp_dir: Path, seed: str | int = "median", algos: Sequence[str] | None = None) -> list[Controller]:
+    """A :class:`Controller` for each algorithm of ``exp_dir`` (see :func:`experiment_algos`, :func:`choose_run`)."""
+    controllers = []
+    for i, algo in enumerate(algos if algos is not None else experiment_algos(exp_dir)):
+        path, k, ret = choose_run(exp_dir, algo, seed)
+        controllers.append(Controller(algo, PALETTE[i % len(PALETTE)], load_policy(path / "policy.pt"), k, path, ret))
+    return controllers
+
+
+def optimal_available() -> bool:
+    """Whether the dynamic-programming reference :mod:`research.optimal` exists in this checkout."""
+    return importlib.util.find_spec("research.optimal") is not None
+
+
+_SOLUTIONS: dict[tuple, object] = {}
+
+
+def optimal_solution(**kwargs):
+    """``research.optimal.solve_optimal(physics="default", horizon=200, **kwargs)`` (cached per process), or ``None``
+    when :mod:`research.optimal` does not exist. Errors inside it are not hidden."""
+    if not optimal_available():
+        return None
+    key = tuple(sorted(kwargs.items()))
+    if key not in _SOLUTIONS:
+        from research.optimal import solve_optimal
+
+        _SOLUTIONS[key] = solve_optimal(**{"physics": "default", "horizon": EVAL_HORIZON, "device": "cpu", **kwargs})
+    return _SOLUTIONS[key]
+
+
+def optimal_controller(**kwargs) -> Controller | None:
+    """The optimum's stationary greedy policy as a :class:`Controller` (``None`` without :mod:`research.optimal`)."""
+    solution = optimal_solution(**kwargs)
+    return None if solution is None else Controller(OPTIMAL_NAME, OPTIMAL_COLOR, solution.policy)
+
+
+@torch.no_grad()
+def per_start_returns(controllers: Sequence[Controller], num_episodes: int = 1000) -> np.ndarray:
+    """``[len(controllers), num_episodes]``: each controller's 200-step return from every evaluation start."""
+    th, thdot = evaluation_states(num_episodes)
+    params = PendulumParams.default(th.shape)
+    return np.stack(
+        [simulate(_as_dtype(c.policy, th.dtype), (th, thdot), params, EVAL_HORIZON).returns.double().numpy()
+         for c in controllers]
+    )
+
+
+def nearest_starts(th0: np.ndarray, thdot0: np.ndarray, targets: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the starts ``(th0 [N], thdot0 [N])`` nearest to each target ``(th, thdot)`` (Euclidean in rad and
+    rad/s, the angle difference wrapped), each index used once."""
+    chosen: list[int] = []
+    for th, thdot in targets:
+        dth = np.angle(np.exp(1j * (np.asarray(th0) - th)))
+        order = np.argsort(dth**2 + (np.asarray(thdot0) - thdot) ** 2, kind="stable")
+        chosen.append(int(next(i for i in order if int(i) not in chosen)))
+    return chosen
+
+
+def default_starts(returns: np.ndarray, th: np.ndarray, thdot: np.ndarray) -> dict[str, int]:
+    """The rule-chosen starts ``{"hanging": i, "spread": j, "typical": k}`` (indices into the evaluation states)
+    from ``returns [methods, N]`` and the starts ``th, thdot [N]``; see the module docstring."""
+    hanging = nearest_starts(th, thdot, [(math.pi, 0.0)])[0]
+    spread = int(np.argmax(returns.max(axis=0) - returns.min(axis=0)))
+    mean = returns.mean(axis=0)
+    typical = int(np.argsort(mean, kind="stable")[(mean.size - 1) // 2])
+    return {"hanging": hanging, "spread": spread, "typical": typical}
+
+
+# ---------------------------------------------------------------------------------------------------- animation
+def animation_frames(trajs: Sequence[Trajectory], panel: int = PANEL, title: str | None = None,
+                     frames: int | None = None) -> list[Image.Image]:
+    """The frames of a side-by-side animation, one per state (``T + 1``; or the first ``frames``).
+
+    Top: one pendulum per trajectory with its name, a torque gauge and the running return. Bottom: the torque and
+    the running return of every trajectory against time, drawn up to the current frame (a shared scale, so the
+    panels compare). Returns RGB images of one size.
+    """
+    n = len(trajs)
+    steps = len(trajs[0].torque)
+    total = steps + 1 if frames is None else min(frames, steps + 1)
+    width = n * panel
+    head = 18 if title else 0
+    text_h = 46
+    chart_h = 64
+    height = head + panel + text_h + 2 * chart_h + 22
+    big, small = _font(13), _font(11)
+    low = min(0.0, min(float(t.running_return.min()) for t in trajs))
+    low = -50.0 * math.ceil(-low / 50.0) if low < 0 else -50.0
+    pendulums = [[draw_pendulum(t.th[i], t.torque[i] if i < steps else None, panel, t.color, extent=ANIMATION_EXTENT)
+                  for i in range(total)]
+                 for t in trajs]
+    images = []
+    for i in range(total):
+        image = Image.new("RGB", (width, height), "white")
+        draw = ImageDraw.Draw(image)
+        if title:
+            draw.text((6, 3), title, fill=(40, 40, 40), font=small)
+        for k, t in enumerate(trajs):
+            x0 = k * panel
+            image.paste(pendulums[k][i], (x0, head))
+            draw.text((x0 + 6, head + 4), t.name, fill=_rgb(t.color), font=big)
+            y = head + panel
+            u = float(t.torque[i]) if i < steps else 0.0
+            _gauge(draw, x0 + 10, y + 2, panel - 20, 8, u / MAX_TORQUE, _rgb(t.color))
+            draw.text((x0 + 8, y + 13), f"torque {u:+.2f}", fill=(60, 60, 60), font=small)
+            draw.text((x0 + 8, y + 28), f"return {t.running_return[i]:7.1f}", fill=(20, 20, 20), font=big)
+        y = head + panel + text_h
+        _chart(draw, 0, y, width, chart_h, [t.torque[: min(i, steps)] for t in trajs], [t.color for t in trajs],
+               (-MAX_TORQUE, MAX_TORQUE), steps, "torque", small, zero=True)
+        _chart(draw, 0, y + chart_h, width, chart_h, [t.running_return[: i + 1] for t in trajs],
+               [t.color for t in trajs], (low, 0.0), steps, "return", small, zero=False)
+        draw.text((6, height - 17), f"t = {i * DT:5.2f} s  (step {i}/{steps}, dt = {DT:g} s, real time)",
+                  fill=(60, 60, 60), font=small)
+        images.append(image)
+    return images
+
+
+def _gauge(draw: ImageDraw.ImageDraw, x: int, y: int, w: int, h: int, fraction: float, color) -> None:
+    """A horizontal bar from the centre: ``fraction`` in [-1, 1] of the half-width, right for a positive torque."""
+    fraction = max(-1.0, min(1.0, fraction)) if math.isfinite(fraction) else 0.0
+    draw.rectangle((x, y, x + w, y + h), outline=(200, 200, 200))
+    mid = x + w / 2
+    end = mid + fraction * w / 2
+    if abs(end - mid) >= 1:
+        draw.rectangle((min(mid, end), y + 1, max(mid, end), y + h - 1), fill=color)
+    draw.line((mid, y - 2, mid, y + h + 2), fill=(80, 80, 80))
+
+
+def _chart(draw: ImageDraw.ImageDraw, x: int, y: int, w: int, h: int, series: Sequence[np.ndarray],
+           colors: Sequence[str], limits: tuple[float, float], steps: int, label: str, font, zero: bool) -> None:
+    left, right, top, bottom = x + 52, x + w - 8, y + 6, y + h - 6
+    lo, hi = limits
+    draw.rectangle((left, top, right, bottom), outline=(210, 210, 210))
+    draw.text((x + 4, top), label, fill=(60, 60, 60), font=font)
+    draw.text((x + 4, bottom - 12), f"{lo:g}" if not zero else f"{lo:+g}", fill=(130, 130, 130), font=font)
+    draw.text((x + 4, top + 13), f"{hi:+g}" if zero else f"{hi:g}", fill=(130, 130, 130), font=font)
+
+    def ys(v: np.ndarray) -> np.ndarray:
+        return bottom - (np.clip(v, lo, hi) - lo) / (hi - lo) * (bottom - top)
+
+    if zero:
+        draw.line((left, ys(np.array(0.0)), right, ys(np.array(0.0))), fill=(225, 225, 225))
+    xscale = (right - left) / max(steps, 1)
+    for values, color in zip(series, colors, strict=True):
+        if len(values) >= 2:
+            points = list(zip((left + np.arange(len(values)) * xscale).tolist(), ys(values).tolist(), strict=True))
+            draw.line(points, fill=_rgb(color), width=2)
+    cursor = left + (len(series[0]) - (0 if zero else 1)) * xscale
+    draw.line((cursor, top, cursor, bottom), fill=(190, 190, 190))
+
+
+def _palette_image(frames: Sequence[Image.Image], colors: int = 64) -> Image.Image:
+    """One adaptive palette for all frames (from a few of them side by side), so the GIF needs no local palettes."""
+    picks = [frames[i] for i in sorted({0, len(frames) // 4, len(frames) // 2, len(frames) - 1})]
+    w, h = picks[0].size
+    strip = Image.new("RGB", (w * len(picks), h), "white")
+    for i, frame in enumerate(picks):
+        strip.paste(frame, (i * w, 0))
+    return strip.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+
+
+def save_gif(frames: Sequence[Image.Image], path: str | Path, fps: int = FPS) -> Path:
+    """Writes ``frames`` as a looping GIF at ``fps`` (20 fps: 50 ms a frame, exact in GIF's centiseconds)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    palette = _palette_image(frames)
+    indexed = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
+    tmp = path.with_name(path.name + ".tmp")
+    indexed[0].save(tmp, format="GIF", save_all=True, append_images=indexed[1:], duration=round(1000 / fps), loop=0,
+                    optimize=True)
+    tmp.replace(path)
+    return path
+
+
+def save_mp4(frames: Sequence[Image.Image], path: str | Path, fps: int = FPS, ffmpeg: str | None = None) -> Path | None:
+    """Writes ``frames`` as an H.264 MP4 through the ``ffmpeg`` executable; ``None`` (nothing written) without one."""
+    ffmpeg = ffmpeg or shutil.which("ffmpeg")
+    if ffmpeg is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = frames[0].size
+    tmp = path.with_name(path.name + ".tmp.mp4")
+    command = [ffmpeg, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+               "-r", str(fps), "-i", "-", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2:color=white", "-c:v", "libx264",
+               "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(tmp)]
+    data = b"".join(np.asarray(f.convert("RGB")).tobytes() for f in frames)
+    subprocess.run(command, input=data, check=True)
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+def render_experiment(exp_dir: Path, out_dir: Path | None = None, starts: Sequence[int] | None = None,
+                      seed: str | int = "median", steps: int = EVAL_HORIZON, panel: int = PANEL, mp4: str = "auto",
+                      optimal: bool = True) -> list[Path]:
+    """Writes one animation per start into ``out_dir`` (default ``<exp>/media``) and ``index.json``; returns paths."""
+    out_dir = exp_dir / "media" if out_dir is None else out_dir
+    controllers = experiment_controllers(exp_dir, seed)
+    if not controllers:
+        print(f"{exp_dir}: no finished run with a policy.pt; nothing to render")
+        return []
+    best = optimal_controller() if optimal else None
+    if best is not None:
+        controllers.append(best)
+    th_all, thdot_all = (x.double().numpy() for x in evaluation_states())
+    if starts is None:
+        chosen = default_starts(per_start_returns(controllers), th_all, thdot_all)
+        names = {role: f"swingup_{role}" for role in chosen}
+    else:
+        chosen = {f"start_{i}": int(i) for i in starts}
+        names = {role: role for role in chosen}
+    if mp4 == "yes" and shutil.which("ffmpeg") is None:
+        raise SystemExit("error: --mp4 yes but no ffmpeg executable on the PATH")
+    index = {"experiment": exp_dir.name, "fps": FPS, "dt": DT, "steps": steps,
+             "methods": [{"name": c.name, "seed": c.seed, "run": None if c.path is None else str(c.path.relative_to(exp_dir)),
+                          "final_return": c.final_return} for c in controllers],
+             "animations": []}
+    written = []
+    for role, i in chosen.items():
+        th0, thdot0 = float(th_all[i]), float(thdot_all[i])
+        trajs = trajectories(controllers, th0, thdot0, steps)
+        title = f"{exp_dir.name}: evaluation start {i} (th = {th0:+.2f} rad, thdot = {thdot0:+.2f} rad/s)"
+        frames = animation_frames(trajs, panel=panel, title=title)
+        gif = save_gif(frames, out_dir / f"{names[role]}.gif")
+        written.append(gif)
+        entry = {"file": gif.name, "role": role, "start_index": i, "th0": th0, "thdot0": thdot0,
+                 "returns": {t.name: round(t.total_return, 3) for t in trajs}}
+        if mp4 != "no":
+            video = save_mp4(frames, out_dir / f"{names[role]}.mp4")
+            if video is not None:
+                written.append(video)
+                entry["mp4"] = video.name
+        index["animations"].append(entry)
+        print(f"wrote {gif} ({gif.stat().st_size / 1e6:.2f} MB)")
+    if best is None and optimal:
+        index["note"] = "research.optimal is not in this checkout: no optimal-control pendulum"
+    (out_dir / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    if mp4 == "auto" and shutil.which("ffmpeg") is None:
+        print("no ffmpeg on the PATH: GIFs only")
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment_dir", type=Path, nargs="?", default=Path("results/pendulum_compare"))
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default <experiment>/media)")
+    parser.add_argument("--starts", type=int, nargs="+", default=None,
+                        help="indices into the 1000 evaluation states (default: the hanging, spread, typical starts)")
+    parser.add_argument("--seed", default="median", help="which run of each algorithm: median, best, worst or a seed")
+    parser.add_argument("--steps", type=int, default=EVAL_HORIZON, help="steps to animate (200: the evaluation episode)")
+    parser.add_argument("--panel", type=int, default=PANEL, help="pixels per pendulum")
+    parser.add_argument("--mp4", choices=("auto", "yes", "no"), default="auto", help="also MP4 through ffmpeg")
+    parser.add_argument("--no-optimal", action="store_true", help="leave out the dynamic-programming optimum")
+    args = parser.parse_args(argv)
+    if not args.experiment_dir.is_dir():
+        parser.error(f"no experiment directory {args.experiment_dir}")
+    seed = args.seed if args.seed in ("median", "best", "worst") else int(args.seed)
+    render_experiment(args.experiment_dir, args.out, args.starts, seed, args.steps, args.panel, args.mp4,
+                      not args.no_optimal)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
