@@ -10,11 +10,11 @@ BACKEND ?= local
 DEVICE ?= cpu
 RESULTS ?= results
 # An experiment file with a [gradient_study] table is a measurement, not training runs: scripts/gradient_report.py
-# draws its figures and report; any other experiment is aggregated, plotted and reported from its run directories.
-REPORT_STEPS = $(if $(shell grep -qs '^\[gradient_study\]' experiments/$(EXP).toml && echo study),gradient-report,aggregate plot report)
+# draws its figures and report; any other experiment is aggregated, plotted, mapped and reported from its run directories.
+REPORT_STEPS = $(if $(shell grep -qs '^\[gradient_study\]' experiments/$(EXP).toml && echo study),gradient-report,aggregate plot maps report)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint experiment runs aggregate plot report gradient-report bench clean
+.PHONY: help install test test-fast lint experiment runs aggregate plot maps report render gradient-report bench clean
 
 help: ## list every target with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -42,7 +42,13 @@ aggregate: ## results/$(EXP)/summary.csv from the run directories
 plot: ## results/$(EXP)/figures/*.png from the run directories
 	$(PYTHON) scripts/plot.py $(RESULTS)/$(EXP)
 
-report: ## results/$(EXP)/REPORT.md from the summary and figures
+maps: ## results/$(EXP)/figures/{policy,value,gap}_map.png from the runs' policy.pt (and research.optimal)
+	$(PYTHON) scripts/policy_maps.py $(RESULTS)/$(EXP)
+
+render: ## results/$(EXP)/media/*.gif: the policies side by side from chosen evaluation starts (MP4 with ffmpeg)
+	$(PYTHON) -m research.render $(RESULTS)/$(EXP)
+
+report: ## results/$(EXP)/REPORT.md from the summary, figures and maps
 	$(PYTHON) scripts/report.py $(RESULTS)/$(EXP)
 
 gradient-report: ## results/$(EXP)/figures/*.png and REPORT.md of a gradient study, from its gradient_study.csv

@@ -146,6 +146,9 @@ def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs:
                   f"Gymnasium Pendulum-v1 after 20k steps ({ZOO_DDPG_RETURN:g}, one run). Wall-clock is each run's own, "
                   "measured while the experiment's runs shared the machine (`JOBS` at a time, default one per core).", ""]
     lines += ["### Per run", ""] + runs_table(per_run) + [""]
+    maps = exp_dir / "figures" / "policy_maps.md"  # written by scripts/policy_maps.py (make experiment runs it first)
+    if maps.is_file():
+        lines += [maps.read_text().rstrip(), ""]
     lines += setup_section(runs)
     lines += ["## Regenerate", "", "```bash", regenerate_command(exp_dir), "```", "",
               "Finished runs are reused when their config is unchanged; `scripts/aggregate.py`, `scripts/plot.py` and "
