@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -29,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import tomllib
-
 from research.evaluation import EVAL_EPISODES, EVAL_SEED
+from research.policies import Activation
 
 T = TypeVar("T")
 
@@ -77,6 +77,23 @@ class EvalConfig:
             raise ConfigError(f"eval.episodes must be > 0, got {self.episodes}")
 
 
+def check_device(name: str) -> None:
+    """Raises :class:`ConfigError` unless ``name`` is ``cpu``, or ``cuda``/``cuda:N`` with that GPU present."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device is {name!r} but no CUDA GPU is available here; use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+
+
 @dataclass
 class RunConfig:
     """Fields every algorithm shares."""
@@ -89,8 +106,11 @@ class RunConfig:
     """Floating-point type of the simulation and networks."""
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     """Widths of the policy MLP's hidden layers."""
-    activation: Literal["tanh", "relu", "elu", "silu"] = "tanh"
+    activation: Activation = "tanh"
     """Hidden activation of the policy MLP."""
+    num_threads: int = 0
+    """CPU threads of torch during the run (0: leave torch's setting, which the experiment runner sets to
+    cores // jobs)."""
     max_wall_time_s: float = 0.0
     """Stop training after this many seconds (0 = no limit); the final evaluation still runs."""
     max_consecutive_skips: int = 10
@@ -101,6 +121,9 @@ class RunConfig:
     """Evaluation schedule."""
 
     def __post_init__(self) -> None:
+        check_device(self.device)
+        if self.num_threads < 0:
+            raise ConfigError(f"num_threads must be >= 0, got {self.num_threads}")
         if self.seed == self.eval.seed:
             raise ConfigError(f"seed must differ from eval.seed ({self.eval.seed}): evaluation states stay unseen")
         if self.max_wall_time_s < 0:
@@ -189,7 +212,18 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        raise ConfigError(f"{prefix}{err}" if prefix and not str(err).startswith(prefix) else str(err)) from None
+        raise ConfigError(_prefixed(str(err), prefix)) from None
+
+
+def _prefixed(message: str, prefix: str) -> str:
+    """``message`` with its key under ``prefix``: a table's own checks may already name the table
+    (``env.param_ranges.g ...`` inside ``bptt.env.`` becomes ``bptt.env.param_ranges.g ...``)."""
+    if not prefix or message.startswith(prefix):
+        return message
+    table = prefix.rstrip(".").rsplit(".", 1)[-1] + "."
+    if message.startswith(table):
+        return prefix + message[len(table):]
+    return prefix + message
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -8,10 +8,11 @@ a plain ``observation -> action`` module (fused rollouts, evaluation, :func:`loa
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from tensordict import TensorDict
@@ -20,8 +21,12 @@ from torch import Tensor, nn
 from torchrl.modules import MLP, Actor
 
 from research.envs.physics import MAX_TORQUE
+from research.rundir import atomic_write_bytes
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+#: The names of :data:`ACTIVATIONS`, as the type of config fields (so a config error lists them).
+Activation = Literal["tanh", "relu", "elu", "silu"]
+assert set(get_args(Activation)) == set(ACTIVATIONS)
 POLICY_FORMAT = "research.SquashedMLP/1"
 
 
@@ -105,10 +110,9 @@ def save_policy(policy: SquashedMLP, path: str | os.PathLike) -> None:
         raise TypeError(f"save_policy expects a SquashedMLP, got {type(policy).__name__}")
     state = {k: v.detach().to("cpu", torch.float32) for k, v in policy.state_dict().items()}
     payload: dict[str, Any] = {"format": POLICY_FORMAT, "spec": dict(policy.spec), "state_dict": state}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_policy(path: str | os.PathLike) -> SquashedMLP:

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from research.config import ConfigError
 from research.experiment import load_experiment, main, run_experiment, run_status
@@ -107,7 +108,8 @@ def test_changed_config_reruns_and_says_so(smoke_copy, tmp_path, caplog):
 
 def test_failed_run_is_reported_and_the_others_finish(tmp_path):
     experiment = tmp_path / "failing.toml"
-    experiment.write_text(SMOKE.read_text().replace("[bptt]", '[bptt]\ndevice = "cuda:99"')
+    # a policy with a zero-width layer passes the config's checks and fails when the run builds it
+    experiment.write_text(SMOKE.read_text().replace("hidden_sizes = [16, 16]\n[bptt.eval]", "hidden_sizes = [0]\n[bptt.eval]")
                           .replace("seeds = [0, 1]", "seeds = [0]"))
     outcome = run_experiment(experiment, tmp_path / "results", jobs=2, cpus_per_run=1, quiet=True)
     assert not outcome.ok and list(outcome.failed) == ["bptt/seed_0"]
@@ -143,6 +145,10 @@ def test_plan_defaults_and_device_override(tmp_path):
     plan = load_experiment(path, tmp_path / "res")
     assert [(r.algo, r.seed) for r in plan.runs] == [("bptt", 3), ("bptt", 4)]
     assert plan.runs[0].run_dir == tmp_path / "res" / "plan" / "bptt" / "seed_3"
+    if not torch.cuda.is_available():  # planning for a GPU that is not there fails before anything runs
+        with pytest.raises(ConfigError, match="bptt.device is 'cuda' but no CUDA GPU is available here"):
+            load_experiment(path, tmp_path / "res", device="cuda")
+        return
     on_gpu = load_experiment(path, tmp_path / "res", device="cuda")
     assert on_gpu.runs[0].config.device == "cuda" and on_gpu.runs[0].config_hash != plan.runs[0].config_hash
 

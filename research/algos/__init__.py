@@ -21,6 +21,8 @@ _REGISTRY = {
     "bptt": AlgoSpec("research.algos.bptt", "BPTTConfig", "train_bptt"),
     "ddpg": AlgoSpec("research.algos.ddpg", "DDPGConfig", "train_ddpg"),
     "shac": AlgoSpec("research.algos.shac", "SHACConfig", "train_shac"),
+    "td3": AlgoSpec("research.algos.td3", "TD3Config", "train_td3"),
+    "sac": AlgoSpec("research.algos.sac", "SACConfig", "train_sac"),
 }
 
 ALGOS = tuple(_REGISTRY)

@@ -6,7 +6,7 @@ The chain, one iteration: start states -> roll the policy through the physics fo
 Two modes:
 
 - full horizon (``window = 0``): every iteration resets ``num_envs`` pendulums from Gymnasium's reset distribution
-  and rolls out ``horizon`` steps (the seed notebook's loop);
+  and rolls out ``horizon`` steps (the TorchRL pendulum tutorial's loop);
 - truncated (``window = K > 0``): the pendulums keep running between updates; each update rolls ``K`` steps from
   where the last stopped (gradients cut at the window's start), episodes are reset every ``env.episode_length``
   steps with staggered starts so updates always see every phase of an episode.
@@ -21,6 +21,7 @@ are the best of the configurations tried on swing-up; ``experiments/bptt_*.toml`
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,21 +29,12 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from research import harness
 from research.config import ConfigError, RunConfig
 from research.envs import PendulumEnv, PendulumParams, observation, sample_initial_state, sample_params
+from research.harness import RunContext, Writer, make_scheduler, staggered_start
 from research.policies import SquashedMLP, make_actor, make_policy
-from research.rollout import Rollout, RolloutState, fused_rollout, initial_state
-from research.runs import RunWriter
-from research.training import (
-    DTYPES,
-    Budget,
-    Evaluator,
-    SkipGuard,
-    describe,
-    log_evaluation,
-    progress_bar,
-    resolve_device,
-)
+from research.rollout import RolloutState, fused_rollout, initial_state
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +64,8 @@ class BPTTConfig(RunConfig):
     rollout: Literal["fused", "env"] = "fused"
     """'fused': pure tensor loop (fast); 'env': TorchRL env.rollout on PendulumEnv (full horizon only)."""
     compile: bool = False
-    """torch.compile the fused step (fused path only)."""
+    """Full-horizon fused rollouts in ``torch.compile``-d chunks of policy and physics, forward and backward
+    (``research.rollout.fused_rollout(compile=True)``; the first iteration compiles, and that time counts)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -90,6 +83,8 @@ class BPTTConfig(RunConfig):
                               f"got {self.env.backend!r}")
         if self.rollout == "env" and (self.window or self.compile):
             raise ConfigError("rollout='env' supports full-horizon BPTT without compile (window=0, compile=false)")
+        if self.window and self.compile:
+            raise ConfigError("compile=true needs full-horizon BPTT (window=0): compiled chunks have no resets")
 
     @property
     def steps_per_iteration(self) -> int:
@@ -125,100 +120,60 @@ def env_rollout_rewards(env: PendulumEnv, policy: SquashedMLP, th: Tensor, thdot
     return rollout["next", "reward"].squeeze(-1)
 
 
-def make_step_policy(policy: SquashedMLP, compile: bool) -> SquashedMLP:
-    """The policy the fused loop calls; compiled on request (the physics around it is traced with it)."""
-    return torch.compile(policy, dynamic=False) if compile else policy
+class BPTT:
+    """BPTT's state (policy, optimizer, schedule, carried pendulums) and its step, run by :func:`research.harness.train`."""
 
+    def __init__(self, config: BPTTConfig, run: RunContext) -> None:
+        self.config, self.run = config, run
+        self.iterations = config.iterations
+        self.policy = make_policy(config.hidden_sizes, config.activation, device=run.device, dtype=run.dtype)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
+        self.scheduler = make_scheduler(self.optimizer, config.lr_schedule, config.iterations,
+                                        config.lr_final_fraction)
+        self.guard = run.guard("BPTT update")
+        self.env = (PendulumEnv(device=run.device, dtype=run.dtype, seed=config.seed)
+                    if config.rollout == "env" else None)
+        self.ranges = {k: tuple(v) for k, v in config.env.param_ranges.items()}
+        self.batch = (config.num_envs,)
+        self.params = sample_params(self.batch, self.ranges, generator=run.generator, device=run.device,
+                                    dtype=run.dtype)
+        self.carried = (staggered_start(config.num_envs, config.env.episode_length, run.generator, run.device,
+                                        run.dtype) if config.window else None)
 
-def train_bptt(config: BPTTConfig, writer: RunWriter | None = None, quiet: bool = False) -> dict:
-    """Trains a policy by BPTT; returns the summary (and writes the run files when ``writer`` is given)."""
-    device = resolve_device(config.device)
-    dtype = DTYPES[config.dtype]
-    torch.manual_seed(config.seed)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    policy = make_policy(config.hidden_sizes, config.activation, device=device, dtype=dtype)
-    step_policy = make_step_policy(policy, config.compile)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.iterations, eta_min=config.lr * config.lr_final_fraction)
-        if config.lr_schedule == "cosine"
-        else None
-    )
-    env = PendulumEnv(device=device, dtype=dtype, seed=config.seed) if config.rollout == "env" else None
-    ranges = {k: tuple(v) for k, v in config.env.param_ranges.items()}
-    batch = (config.num_envs,)
-    guard = SkipGuard(config.max_consecutive_skips, "BPTT update")
-    budget = Budget(config.max_wall_time_s)
-    evaluator = Evaluator(config.eval, device, dtype, budget)
-    evaluation = None
-
-    carried: RolloutState | None = None
-    params = sample_params(batch, ranges, generator=generator, device=device, dtype=dtype)
-    if config.window:
-        th, thdot = sample_initial_state(batch, generator, device, dtype)
-        # Staggered starts: episode phases spread evenly over [0, episode_length).
-        offsets = torch.arange(config.num_envs, device=device) * config.env.episode_length // config.num_envs
-        carried = initial_state(th, thdot, offsets.to(torch.int64))
-
-    bar = progress_bar(config.iterations, quiet, "it", "bptt")
-    for iteration in range(1, config.iterations + 1):
-        if evaluator.due(budget.env_steps):
-            evaluation = evaluator(policy, budget.env_steps)
-            log_evaluation(writer, iteration - 1, budget, evaluation)
-
+    def rollout_rewards(self) -> Tensor:
+        """Rewards ``[B, H]`` (or ``[B, K]`` in truncated mode) of one differentiable rollout of the policy."""
+        config, run = self.config, self.run
         if config.window:
-            rollout: Rollout = fused_rollout(
-                step_policy, carried, params, config.window,
-                episode_length=config.env.episode_length, generator=generator,
-            )
-            carried = RolloutState(*(t.detach() for t in rollout.state))
-            rewards = rollout.rewards
-        else:
-            if ranges:
-                params = sample_params(batch, ranges, generator=generator, device=device, dtype=dtype)
-            th, thdot = sample_initial_state(batch, generator, device, dtype)
-            if env is not None:
-                rewards = env_rollout_rewards(env, policy, th, thdot, params, config.horizon)
-            else:
-                rewards = fused_rollout(step_policy, initial_state(th, thdot), params, config.horizon).rewards
-        budget.add_steps(rewards.numel())
+            rollout = fused_rollout(self.policy, self.carried, self.params, config.window,
+                                    episode_length=config.env.episode_length, generator=run.generator)
+            self.carried = RolloutState(*(t.detach() for t in rollout.state))
+            return rollout.rewards
+        if self.ranges:
+            self.params = sample_params(self.batch, self.ranges, generator=run.generator, device=run.device,
+                                        dtype=run.dtype)
+        th, thdot = sample_initial_state(self.batch, run.generator, run.device, run.dtype)
+        if self.env is not None:
+            return env_rollout_rewards(self.env, self.policy, th, thdot, self.params, config.horizon)
+        return fused_rollout(self.policy, initial_state(th, thdot), self.params, config.horizon,
+                             compile=config.compile).rewards
 
-        loss = horizon_loss(rewards, config.discount)
-        optimizer.zero_grad(set_to_none=True)
+    def step(self, iteration: int) -> dict[str, Tensor | float]:
+        rewards = self.rollout_rewards()
+        self.run.budget.add_steps(rewards.numel())
+        loss = horizon_loss(rewards, self.config.discount)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        updated = guard.ok(loss, policy.parameters())
-        grad_norm = float("nan")
-        if updated:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip or float("inf")))
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        grad_norm = self.guard.clip(loss, self.policy.parameters(), self.config.grad_clip)
+        if grad_norm is not None:
+            self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        rewards = rewards.detach()
+        return {"train/return": rewards.sum(-1).mean(), "train/reward_mean": rewards.mean(),
+                "train/loss": loss.detach(), "train/grad_norm": math.nan if grad_norm is None else grad_norm,
+                "train/lr": lr}
 
-        train_return = rewards.detach().sum(-1).mean().item()
-        row = {
-            "iteration": iteration,
-            "env_steps": budget.env_steps,
-            "wall_time_s": budget.wall_time_s,
-            "train/return": train_return,
-            "train/reward_mean": rewards.detach().mean().item(),
-            "train/loss": loss.item(),
-            "train/grad_norm": grad_norm,
-            "train/lr": optimizer.param_groups[0]["lr"],
-            "train/skipped_updates": guard.skipped,
-        }
-        if writer is not None:
-            writer.log(row)
-        bar.update(1)
-        bar.set_postfix(describe(train_return, evaluation))
-        if budget.out_of_time():
-            log.info("stopping after %d iterations: max_wall_time_s=%s reached", iteration, config.max_wall_time_s)
-            break
-    bar.close()
 
-    evaluation = evaluator(policy, budget.env_steps)
-    log_evaluation(writer, iteration, budget, evaluation)
-    summary_extra = {"eval_time_s": budget.eval_time_s, "iterations": iteration, "skipped_updates": guard.skipped}
-    if writer is None:
-        return {"algo": "bptt", "seed": config.seed, "env_steps": budget.env_steps,
-                "wall_time_s": budget.wall_time_s, "eval": evaluation, **summary_extra}
-    return writer.finish(policy, budget.env_steps, budget.wall_time_s, evaluation, **summary_extra)
+def train_bptt(config: BPTTConfig, writer: Writer | None = None, quiet: bool = False) -> dict:
+    """Trains a policy by BPTT; returns the summary (and writes the run files through ``writer``)."""
+    return harness.train(config, BPTT, writer, quiet, name="bptt")

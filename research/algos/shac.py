@@ -43,21 +43,12 @@ from torch import Tensor, nn
 from torchrl.modules import MLP
 from torchrl.objectives.value.functional import td_lambda_return_estimate
 
+from research import harness
 from research.config import ConfigError, RunConfig
-from research.envs import sample_initial_state, sample_params
-from research.policies import ACTIVATIONS, SquashedMLP, make_policy
-from research.rollout import Rollout, RolloutState, fused_rollout, initial_state
-from research.runs import RunWriter
-from research.training import (
-    DTYPES,
-    Budget,
-    Evaluator,
-    SkipGuard,
-    describe,
-    log_evaluation,
-    progress_bar,
-    resolve_device,
-)
+from research.envs import sample_params
+from research.harness import RunContext, SkipGuard, Writer, make_scheduler, staggered_start
+from research.policies import ACTIVATIONS, Activation, SquashedMLP, make_policy
+from research.rollout import Rollout, RolloutState, fused_rollout
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +81,7 @@ class SHACConfig(RunConfig):
     """Maximum global gradient norm of the actor and of the critic (0 = no clipping)."""
     critic_hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     """Widths of the critic MLP's hidden layers."""
-    critic_activation: Literal["tanh", "relu", "elu", "silu"] = "elu"
+    critic_activation: Activation = "elu"
     """Hidden activation of the critic MLP."""
     critic_layer_norm: bool = True
     """LayerNorm in each hidden layer of the critic (as SHAC's critic)."""
@@ -216,17 +207,8 @@ def polyak_update(target: nn.Module, online: nn.Module, alpha: float) -> None:
         p_target.lerp_(p, 1.0 - alpha)
 
 
-def lr_lambda(schedule: str, iterations: int, final_fraction: float):
-    """The multiplier of the learning rate after ``i`` scheduler steps."""
-    if schedule == "linear":
-        return lambda i: 1.0 - (1.0 - final_fraction) * min(i, iterations) / iterations
-    if schedule == "cosine":
-        return lambda i: final_fraction + (1.0 - final_fraction) * 0.5 * (1 + math.cos(math.pi * min(i, iterations) / iterations))
-    return lambda i: 1.0
-
-
 def train_critic(critic: nn.Module, optimizer: torch.optim.Optimizer, observations: Tensor, targets: Tensor,
-                 config: SHACConfig, guard: SkipGuard, generator: torch.Generator) -> float:
+                 config: SHACConfig, guard: SkipGuard, generator: torch.Generator) -> Tensor:
     """Regresses ``critic(observations [M, 3])`` on ``targets [M]``; returns the mean loss of the last pass."""
     count = observations.shape[0]
     losses = []
@@ -237,112 +219,80 @@ def train_critic(critic: nn.Module, optimizer: torch.optim.Optimizer, observatio
             loss = (critic(observations[batch]).squeeze(-1) - targets[batch]).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if guard.ok(loss, critic.parameters()):
-                torch.nn.utils.clip_grad_norm_(critic.parameters(), config.grad_clip or float("inf"))
+            if guard.clip(loss, critic.parameters(), config.grad_clip) is not None:
                 optimizer.step()
             losses.append(loss.detach())
-    return torch.stack(losses).mean().item()
+    return torch.stack(losses).mean()
 
 
-def train_shac(config: SHACConfig, writer: RunWriter | None = None, quiet: bool = False) -> dict:
-    """Trains a policy with SHAC; returns the summary (and writes the run files when ``writer`` is given)."""
-    device = resolve_device(config.device)
-    dtype = DTYPES[config.dtype]
-    torch.manual_seed(config.seed)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    policy = make_policy(config.hidden_sizes, config.activation, device=device, dtype=dtype)
-    critic = make_critic(config, device, dtype)
-    target_critic = copy.deepcopy(critic).requires_grad_(False)
-    actor_optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, betas=tuple(config.betas), fused=True)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=config.critic_lr, betas=tuple(config.betas),
-                                        fused=True)
-    schedule = lr_lambda(config.lr_schedule, config.iterations, config.lr_final_fraction)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in (actor_optimizer, critic_optimizer)]
-    actor_guard = SkipGuard(config.max_consecutive_skips, "SHAC actor update")
-    critic_guard = SkipGuard(config.max_consecutive_skips, "SHAC critic update")
-    budget = Budget(config.max_wall_time_s)
-    evaluator = Evaluator(config.eval, device, dtype, budget)
-    evaluation = None
+class SHAC:
+    """SHAC's state (policy, critic and its target, optimizers, carried pendulums) and its step."""
 
-    batch = (config.num_envs,)
-    ranges = {k: tuple(v) for k, v in config.env.param_ranges.items()}
-    params = sample_params(batch, ranges, generator=generator, device=device, dtype=dtype)
-    th, thdot = sample_initial_state(batch, generator, device, dtype)
-    # Staggered starts: episode phases spread evenly over [0, episode_length).
-    offsets = torch.arange(config.num_envs, device=device) * config.env.episode_length // config.num_envs
-    carried = initial_state(th, thdot, offsets.to(torch.int64))
-    episode_return = torch.zeros(batch, device=device, dtype=dtype)
-    behaviour = noisy_policy(policy, config.action_noise, generator)
+    def __init__(self, config: SHACConfig, run: RunContext) -> None:
+        self.config, self.run = config, run
+        self.iterations = config.iterations
+        self.policy = make_policy(config.hidden_sizes, config.activation, device=run.device, dtype=run.dtype)
+        self.critic = make_critic(config, run.device, run.dtype)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        betas = tuple(config.betas)
+        self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, betas=betas, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, betas=betas,
+                                                 fused=True)
+        self.schedulers = [make_scheduler(opt, config.lr_schedule, config.iterations, config.lr_final_fraction)
+                           for opt in (self.actor_optimizer, self.critic_optimizer)]
+        self.actor_guard = run.guard("SHAC actor update")
+        self.critic_guard = run.guard("SHAC critic update")
+        ranges = {k: tuple(v) for k, v in config.env.param_ranges.items()}
+        self.params = sample_params((config.num_envs,), ranges, generator=run.generator, device=run.device,
+                                    dtype=run.dtype)
+        self.carried = staggered_start(config.num_envs, config.env.episode_length, run.generator, run.device,
+                                       run.dtype)
+        self.episode_return = torch.zeros(config.num_envs, device=run.device, dtype=run.dtype)
+        self.behaviour = noisy_policy(self.policy, config.action_noise, run.generator)
 
-    bar = progress_bar(config.iterations, quiet, "it", "shac")
-    for iteration in range(1, config.iterations + 1):
-        if evaluator.due(budget.env_steps):
-            evaluation = evaluator(policy, budget.env_steps)
-            log_evaluation(writer, iteration - 1, budget, evaluation)
-
-        rollout: Rollout = fused_rollout(behaviour, carried, params, config.window, episode_length=config.env.episode_length,
-                                         generator=generator, keep_trajectory=True)
-        carried = RolloutState(*(t.detach() for t in rollout.state))
-        budget.add_steps(rollout.rewards.numel())
-        next_values = target_critic(rollout.next_observations).squeeze(-1)
+    def step(self, iteration: int) -> dict[str, Tensor | float]:
+        config = self.config
+        rollout: Rollout = fused_rollout(self.behaviour, self.carried, self.params, config.window,
+                                         episode_length=config.env.episode_length, generator=self.run.generator,
+                                         keep_trajectory=True)
+        self.carried = RolloutState(*(t.detach() for t in rollout.state))
+        self.run.budget.add_steps(rollout.rewards.numel())
+        next_values = self.target_critic(rollout.next_observations).squeeze(-1)
 
         scaled_rewards = rollout.rewards * config.reward_scale
         loss = actor_loss(scaled_rewards, next_values, rollout.truncated, config.discount)
         if config.squash_penalty:
-            loss = loss + config.squash_penalty * policy.net(rollout.observations.detach()).pow(2).mean()
-        actor_optimizer.zero_grad(set_to_none=True)
+            loss = loss + config.squash_penalty * self.policy.net(rollout.observations.detach()).pow(2).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        actor_grad_norm = float("nan")
-        if actor_guard.ok(loss, policy.parameters()):
-            actor_grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip or float("inf")))
-            actor_optimizer.step()
+        grad_norm = self.actor_guard.clip(loss, self.policy.parameters(), config.grad_clip)
+        if grad_norm is not None:
+            self.actor_optimizer.step()
 
         next_values = next_values.detach()
         targets = critic_targets(scaled_rewards.detach(), next_values, rollout.truncated, config.discount,
                                  config.td_lambda)
-        critic_loss = train_critic(critic, critic_optimizer, rollout.observations.detach().reshape(-1, 3),
-                                   targets.reshape(-1), config, critic_guard, generator)
-        polyak_update(target_critic, critic, config.target_alpha)
-        for scheduler in schedulers:
+        critic_loss = train_critic(self.critic, self.critic_optimizer, rollout.observations.detach().reshape(-1, 3),
+                                   targets.reshape(-1), config, self.critic_guard, self.run.generator)
+        polyak_update(self.target_critic, self.critic, config.target_alpha)
+        lr = self.actor_optimizer.param_groups[0]["lr"]
+        for scheduler in self.schedulers:
             scheduler.step()
 
         rewards = rollout.rewards.detach()
-        finished_total, finished_count, episode_return = _finished_episodes(episode_return, rewards,
-                                                                            rollout.truncated)
-        finished_count = int(finished_count)
-        train_return = rewards.sum(-1).mean().item()
-        row = {
-            "iteration": iteration,
-            "env_steps": budget.env_steps,
-            "wall_time_s": budget.wall_time_s,
-            "train/return": train_return,
-            "train/episode_return": finished_total.item() / finished_count if finished_count else None,
-            "train/reward_mean": rewards.mean().item(),
-            "train/actor_loss": loss.item(),
-            "train/critic_loss": critic_loss,
-            "train/value_mean": next_values.mean().item(),
-            "train/target_mean": targets.mean().item(),
-            "train/grad_norm": actor_grad_norm,
-            "train/lr": actor_optimizer.param_groups[0]["lr"],
-            "train/skipped_updates": actor_guard.skipped + critic_guard.skipped,
-        }
-        if writer is not None:
-            writer.log(row)
-        bar.update(1)
-        bar.set_postfix(describe(train_return, evaluation))
-        if budget.out_of_time():
-            log.info("stopping after %d iterations: max_wall_time_s=%s reached", iteration, config.max_wall_time_s)
-            break
-    bar.close()
+        finished_total, finished_count, self.episode_return = _finished_episodes(self.episode_return, rewards,
+                                                                                 rollout.truncated)
+        episode_return = torch.where(finished_count > 0, finished_total / finished_count.clamp(min=1), math.nan)
+        return {"train/return": rewards.sum(-1).mean(), "train/episode_return": episode_return,
+                "train/reward_mean": rewards.mean(), "train/actor_loss": loss.detach(),
+                "train/critic_loss": critic_loss, "train/value_mean": next_values.mean(),
+                "train/target_mean": targets.mean(), "train/grad_norm": math.nan if grad_norm is None else grad_norm,
+                "train/lr": lr}
 
-    evaluation = evaluator(policy, budget.env_steps)
-    log_evaluation(writer, iteration, budget, evaluation)
-    summary_extra = {"eval_time_s": budget.eval_time_s, "iterations": iteration,
-                     "skipped_updates": actor_guard.skipped + critic_guard.skipped}
-    if writer is None:
-        return {"algo": "shac", "seed": config.seed, "env_steps": budget.env_steps,
-                "wall_time_s": budget.wall_time_s, "eval": evaluation, **summary_extra}
-    return writer.finish(policy, budget.env_steps, budget.wall_time_s, evaluation, **summary_extra)
+
+def train_shac(config: SHACConfig, writer: Writer | None = None, quiet: bool = False) -> dict:
+    """Trains a policy with SHAC; returns the summary (and writes the run files through ``writer``)."""
+    return harness.train(config, SHAC, writer, quiet, name="shac")
 
 
 def _finished_episodes(running: Tensor, rewards: Tensor, truncated: Tensor) -> tuple[Tensor, Tensor, Tensor]:

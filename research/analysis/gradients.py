@@ -57,11 +57,13 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from tqdm.auto import tqdm
 
 from research.algos import ALGOS
 from research.config import ConfigError, config_hash, from_dict, load_toml, to_dict
 from research.envs.physics import PendulumParams, observation, pendulum_step, sample_initial_state
 from research.evaluation import evaluate_policy
+from research.harness import DTYPES, resolve_device
 from research.policies import load_policy, make_policy
 from research.runs import (
     atomic_write_json,
@@ -70,7 +72,6 @@ from research.runs import (
     git_commit,
     library_versions,
 )
-from research.training import DTYPES, progress_bar, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -501,7 +502,8 @@ def measure(config: GradientStudyConfig, policies: Mapping[str, StudyPolicy], de
             dtype: torch.dtype, quiet: bool = False) -> list[dict[str, Any]]:
     """Every (policy, horizon, estimator): the rows of ``gradient_study.csv`` (see :data:`CSV_COLUMNS`)."""
     rows = []
-    bar = progress_bar(len(policies) * len(config.horizons) * len(ESTIMATORS), quiet, "estimate", "gradients")
+    bar = tqdm(total=len(policies) * len(config.horizons) * len(ESTIMATORS), disable=quiet, unit="estimate",
+               desc="gradients", dynamic_ncols=True, leave=False)
     for name, study_policy in policies.items():
         for horizon in config.horizons:
             estimates = {}

@@ -7,9 +7,9 @@ import torch
 import research
 from research.algos.bptt import BPTTConfig, train_bptt
 from research.config import EnvConfig, EvalConfig
+from research.harness import NonFiniteUpdateError
 from research.runs import RunWriter
 from research.train import main
-from research.training import NonFiniteUpdateError
 
 TINY_EVAL = EvalConfig(interval_env_steps=10_000, episodes=64)
 

@@ -8,6 +8,7 @@ from torchrl.objectives import SoftUpdate
 
 import research
 import research.algos.ddpg as ddpg
+import research.algos.off_policy as off_policy
 from research.algos.ddpg import (
     DDPGConfig,
     DDPGEvalConfig,
@@ -18,10 +19,10 @@ from research.algos.ddpg import (
     update,
 )
 from research.config import ConfigError, EnvConfig
+from research.harness import NonFiniteUpdateError, SkipGuard
 from research.policies import make_actor, make_policy
 from research.runs import RunWriter
 from research.train import main
-from research.training import NonFiniteUpdateError, SkipGuard
 
 TINY = dict(total_env_steps=300, warmup_env_steps=100, frames_per_batch=50, batch_size=32, hidden_sizes=[16, 16],
             critic_hidden_sizes=[16, 16], eval=DDPGEvalConfig(interval_env_steps=100, episodes=16))
@@ -106,13 +107,13 @@ def test_smoke_run_writes_every_output_file(tmp_path, backend):
 def test_collector_env_steps_match_the_metrics(tmp_path, monkeypatch):
     collected = []
 
-    class CountingCollector(ddpg.Collector):
+    class CountingCollector(off_policy.Collector):
         def __iter__(self):
             for batch in super().__iter__():
                 collected.append(batch.numel())
                 yield batch
 
-    monkeypatch.setattr(ddpg, "Collector", CountingCollector)
+    monkeypatch.setattr(off_policy, "Collector", CountingCollector)
     config = DDPGConfig(**{**TINY, "num_envs": 2, "env": EnvConfig(episode_length=40)})
     summary = train_ddpg(config, writer=RunWriter(tmp_path, "ddpg", config), quiet=True)
     rows = [r for r in csv.DictReader((tmp_path / "metrics.csv").open()) if r["train/updates"]]

@@ -8,8 +8,8 @@ import research
 import research.algos.shac as shac
 from research.algos.shac import SHACConfig, actor_loss, critic_targets, polyak_update, train_shac
 from research.config import ConfigError, EvalConfig
+from research.harness import NonFiniteUpdateError
 from research.train import main
-from research.training import NonFiniteUpdateError
 
 TINY_EVAL = EvalConfig(interval_env_steps=10_000, episodes=64)
 

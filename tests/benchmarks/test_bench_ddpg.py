@@ -25,8 +25,8 @@ from research.algos.ddpg import (
     update,
 )
 from research.config import EnvConfig
+from research.harness import SkipGuard
 from research.policies import make_actor, make_policy
-from research.training import SkipGuard
 
 from .conftest import DEVICES
 

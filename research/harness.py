@@ -1,0 +1,343 @@
+"""The one training loop: every algorithm supplies its state and one step; the harness does everything else.
+
+An algorithm is a class (one file under ``research/algos/``) built as ``Algorithm(config, run)`` from its config and
+the :class:`RunContext` the harness prepared (device, dtype, seeded generator, budget, guards). It exposes
+
+- ``policy``: the deterministic :class:`~research.policies.SquashedMLP` the shared evaluator scores and
+  ``policy.pt`` stores;
+- ``iterations``: how many times the harness calls :meth:`step` (at most);
+- ``step(iteration) -> metrics``: one iteration (collect or roll out -> loss -> gradient -> update); it counts the
+  environment steps it simulates with ``run.budget.add_steps`` and returns its ``train/...`` metrics as floats or
+  0-d tensors (the harness moves them to the host in one transfer);
+- optionally ``summary() -> dict`` (extra fields for ``summary.json``) and ``close()``.
+
+:func:`train` then owns what every method must do the same way (``docs/protocol.md``): seeding, the evaluation
+schedule (once before training, then each time ``eval.interval_env_steps`` more environment steps were simulated,
+and once at the end), the metric rows, the progress bar, the time limit, the final evaluation and the summary.
+Wall-clock is training time: the evaluator's own seconds are kept apart (``eval_time_s``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from research.config import ConfigError
+from research.envs import sample_initial_state
+from research.evaluation import evaluate_policy
+from research.rollout import RolloutState, initial_state
+from research.rundir import EVAL_PREFIX
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class NonFiniteUpdateError(RuntimeError):
+    """Raised after too many consecutive updates had a non-finite loss or gradient."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``torch.device(name)``; a :class:`ConfigError` naming the field when it is malformed or CUDA is absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device is {name!r} but no CUDA GPU is available here; use device='cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+class SkipGuard:
+    """Clips the gradient and keeps non-finite updates away from the parameters, with one host sync per update.
+
+    :meth:`clip` after ``backward()`` and before ``optimizer.step()``: it clips the global gradient norm to
+    ``max_norm`` (0 = no clipping; the norm is still measured) and returns the norm before clipping, or ``None``
+    when the loss or the gradient is NaN/inf (``clip_grad_norm_``'s total norm is then non-finite): the gradients
+    are then dropped and the update must be skipped. After ``max_consecutive`` skips in a row it raises
+    :class:`NonFiniteUpdateError`.
+    """
+
+    def __init__(self, max_consecutive: int, name: str = "update") -> None:
+        self.max_consecutive = max_consecutive
+        self.name = name
+        self.skipped = 0
+        self.consecutive = 0
+
+    def clip(self, loss: Tensor, parameters: Iterable[nn.Parameter], max_norm: float = 0.0) -> float | None:
+        parameters = [p for p in parameters if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm or math.inf) if parameters else loss.new_zeros(())
+        norm_value, loss_value = torch.stack([norm.detach().to(loss.dtype), loss.detach()]).tolist()
+        if math.isfinite(norm_value) and math.isfinite(loss_value):
+            self.consecutive = 0
+            return norm_value
+        for p in parameters:
+            p.grad = None
+        self.skipped += 1
+        self.consecutive += 1
+        log.warning("skipped %s: non-finite loss or gradient (%d in a row)", self.name, self.consecutive)
+        if self.consecutive >= self.max_consecutive:
+            raise NonFiniteUpdateError(
+                f"{self.consecutive} consecutive {self.name}s had a non-finite loss or gradient "
+                f"(max_consecutive_skips={self.max_consecutive}); the parameters were left untouched. "
+                "Lower the learning rate, tighten gradient clipping or shorten the horizon."
+            )
+        return None
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, iterations: int,
+                   final_fraction: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's own scheduler for ``schedule``: ``constant``, ``linear`` or ``cosine`` decay to
+    ``final_fraction`` of the initial learning rate over ``iterations`` scheduler steps."""
+    if schedule == "cosine":
+        eta_min = [group["lr"] * final_fraction for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=eta_min[0])
+    if schedule == "linear":
+        return torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, final_fraction, total_iters=iterations)
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0, total_iters=0)
+    raise ConfigError(f"lr_schedule must be 'constant', 'linear' or 'cosine', got {schedule!r}")
+
+
+def staggered_start(num_envs: int, episode_length: int, generator: torch.Generator, device: torch.device,
+                    dtype: torch.dtype, physics: Any = None) -> RolloutState:
+    """Fresh pendulums ``[num_envs]`` whose episode step counters are spread evenly over ``[0, episode_length)``,
+    so that every window of truncated BPTT or SHAC sees every phase of an episode."""
+    if physics is not None:
+        th, thdot = physics.initial_state((num_envs,), generator, device, dtype)
+    else:
+        th, thdot = sample_initial_state((num_envs,), generator, device, dtype)
+    offsets = torch.arange(num_envs, device=device) * episode_length // num_envs
+    return initial_state(th, thdot, offsets.to(torch.int64))
+
+
+class Budget:
+    """Environment steps and wall-clock since the run started, counted the same way for every method.
+
+    ``wall_time_s`` is training time: the seconds spent inside the shared evaluator (timed by :class:`Evaluator`)
+    are kept apart in ``eval_time_s``, so a method that is evaluated more often, or whose policy network is larger,
+    is not charged for it, and time-to-threshold does not depend on the evaluation interval.
+    """
+
+    def __init__(self, max_wall_time_s: float = 0.0) -> None:
+        self.start = time.perf_counter()
+        self.env_steps = 0
+        self.eval_time_s = 0.0
+        self.max_wall_time_s = max_wall_time_s
+
+    def add_steps(self, n: int) -> None:
+        self.env_steps += int(n)
+
+    @property
+    def wall_time_s(self) -> float:
+        """Seconds since the run started, less the time spent evaluating."""
+        return time.perf_counter() - self.start - self.eval_time_s
+
+    def out_of_time(self) -> bool:
+        return self.max_wall_time_s > 0 and self.wall_time_s >= self.max_wall_time_s
+
+
+class Evaluator:
+    """Runs the shared evaluator every ``interval_env_steps`` and remembers the latest score.
+
+    With a ``budget``, the time each evaluation takes is added to ``budget.eval_time_s`` (and so left out of its
+    training wall-clock). ``physics`` is what the policy is scored on (default: Pendulum-v1's own).
+    """
+
+    def __init__(self, eval_config: Any, device: torch.device, dtype: torch.dtype, budget: Budget | None = None,
+                 physics: Any = None) -> None:
+        self.config = eval_config
+        self.device = device
+        self.dtype = dtype
+        self.budget = budget
+        self.physics = physics
+        self.next_at = 0
+        self.evaluated_at: int | None = None
+        self.latest: dict[str, float] | None = None
+
+    def due(self, env_steps: int) -> bool:
+        return env_steps >= self.next_at
+
+    def __call__(self, policy: nn.Module | Callable[[Tensor], Tensor], env_steps: int) -> dict[str, float]:
+        start = time.perf_counter()
+        kwargs = {} if self.physics is None else {"physics": self.physics}
+        self.latest = evaluate_policy(policy, self.config.episodes, self.config.seed, device=self.device,
+                                      dtype=self.dtype, **kwargs)
+        if self.budget is not None:
+            self.budget.eval_time_s += time.perf_counter() - start
+        interval = self.config.interval_env_steps
+        self.next_at = (env_steps // interval + 1) * interval
+        self.evaluated_at = env_steps
+        return self.latest
+
+    @staticmethod
+    def as_metrics(result: Mapping[str, float]) -> dict[str, float]:
+        return {f"{EVAL_PREFIX}{k}": v for k, v in result.items() if k != "episodes"}
+
+
+class Writer(Protocol):
+    """Where a run's rows and summary go: :class:`research.runs.RunWriter` (files) or :class:`NullWriter`."""
+
+    def log(self, row: Mapping[str, Any]) -> None: ...
+    def flush(self) -> None: ...
+    def finish(self, policy: nn.Module, summary: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+class NullWriter:
+    """A writer that keeps nothing: :func:`train` without a run directory."""
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self, policy: nn.Module, summary: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(summary)
+
+
+@dataclass
+class RunContext:
+    """What the harness prepares for an algorithm before its first step."""
+
+    config: Any
+    device: torch.device
+    dtype: torch.dtype
+    generator: torch.Generator
+    budget: Budget
+    physics: Any = None
+    guards: list[SkipGuard] = field(default_factory=list)
+
+    def guard(self, name: str) -> SkipGuard:
+        """A :class:`SkipGuard` for one kind of update; the harness logs the skips of all of them."""
+        guard = SkipGuard(self.config.max_consecutive_skips, name)
+        self.guards.append(guard)
+        return guard
+
+    @property
+    def skipped_updates(self) -> int:
+        return sum(g.skipped for g in self.guards)
+
+
+class Algorithm(Protocol):
+    """What :func:`train` needs from an algorithm (see the module docstring)."""
+
+    policy: nn.Module
+    iterations: int
+
+    def __init__(self, config: Any, run: RunContext) -> None: ...
+    def step(self, iteration: int) -> Mapping[str, Any]: ...
+
+
+def _to_host(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``metrics`` with every tensor replaced by a float, in a single device-to-host transfer."""
+    keys = [k for k, v in metrics.items() if isinstance(v, Tensor)]
+    out = dict(metrics)
+    if keys:
+        values = torch.stack([metrics[k].detach().reshape(()).to(torch.float64) for k in keys]).tolist()
+        out.update(zip(keys, values, strict=True))
+    return out
+
+
+def _postfix(row: Mapping[str, Any], evaluation: Mapping[str, float] | None) -> dict[str, str]:
+    out = {}
+    for key in ("train/episode_return", "train/return"):
+        value = row.get(key)
+        if isinstance(value, float) and math.isfinite(value):
+            out["train"] = f"{value:.1f}"
+            break
+    if evaluation is not None:
+        out["eval"] = f"{evaluation['return_mean']:.1f}"
+    return out
+
+
+def set_threads(count: int) -> Callable[[], None]:
+    """Sets torch's CPU threads to ``count`` (0: unchanged); returns the function that restores them."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    return lambda: torch.set_num_threads(previous)
+
+
+def prepare(config: Any) -> RunContext:
+    """Device, dtype, seeds (torch's global RNG and a generator of the run's own) and the budget of a run."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    physics = config.env.to_physics() if hasattr(config.env, "to_physics") else None
+    return RunContext(config, device, DTYPES[config.dtype], generator, Budget(config.max_wall_time_s), physics)
+
+
+def train(config: Any, algorithm: Callable[[Any, RunContext], Algorithm], writer: Writer | None = None,
+          quiet: bool = False, name: str = "") -> dict[str, Any]:
+    """Trains ``algorithm`` under ``config``; returns the summary (and writes the run files through ``writer``).
+
+    Args:
+        config: the algorithm's config (a :class:`research.config.RunConfig`).
+        algorithm: the algorithm's class (or any ``(config, run) -> Algorithm`` factory).
+        writer: a :class:`research.runs.RunWriter`; default a :class:`NullWriter`.
+        quiet: no progress bar.
+        name: the algorithm's name in the summary and on the progress bar.
+    """
+    writer = writer if writer is not None else NullWriter()
+    restore_threads = set_threads(getattr(config, "num_threads", 0))
+    try:
+        run = prepare(config)
+        eval_physics = run.physics
+        if eval_physics is not None and hasattr(config.eval, "to_physics"):
+            eval_physics = config.eval.to_physics(run.physics)
+        algo = algorithm(config, run)
+        budget = run.budget
+        evaluator = Evaluator(config.eval, run.device, run.dtype, budget, eval_physics)
+
+        def evaluate(iteration: int) -> dict[str, float]:
+            result = evaluator(algo.policy, budget.env_steps)
+            writer.log({"iteration": iteration, "env_steps": budget.env_steps, "wall_time_s": budget.wall_time_s,
+                        "eval_time_s": budget.eval_time_s, **Evaluator.as_metrics(result)})
+            writer.flush()
+            return result
+
+        evaluation = evaluate(0)
+        iteration = 0
+        bar = tqdm(total=algo.iterations, disable=quiet, unit="it", desc=name or None, dynamic_ncols=True,
+                   leave=False)
+        try:
+            for iteration in range(1, algo.iterations + 1):
+                metrics = _to_host(algo.step(iteration))
+                row = {"iteration": iteration, "env_steps": budget.env_steps, "wall_time_s": budget.wall_time_s,
+                       **metrics, "train/skipped_updates": run.skipped_updates}
+                writer.log(row)
+                if evaluator.due(budget.env_steps):
+                    evaluation = evaluate(iteration)
+                bar.update(1)
+                bar.set_postfix(_postfix(row, evaluation))
+                if budget.out_of_time():
+                    log.info("stopping after %d iterations: max_wall_time_s=%s reached", iteration,
+                             config.max_wall_time_s)
+                    break
+        finally:
+            bar.close()
+            close = getattr(algo, "close", None)
+            if close is not None:
+                close()
+        if evaluator.evaluated_at != budget.env_steps:
+            evaluation = evaluate(iteration)
+        extra = getattr(algo, "summary", dict)()
+        summary = {"algo": name, "seed": config.seed, "env_steps": budget.env_steps,
+                   "wall_time_s": budget.wall_time_s, "eval": evaluation, "eval_time_s": budget.eval_time_s,
+                   "iterations": iteration, "skipped_updates": run.skipped_updates, **extra}
+        return writer.finish(algo.policy, summary)
+    finally:
+        restore_threads()

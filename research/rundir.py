@@ -1,0 +1,88 @@
+"""The run-directory contract: file names, the manifest, metric columns, atomic writes and readers.
+
+Standard library only, so that both the library (which writes runs) and ``scripts/`` (which read them, and never
+import a trainer) use this one definition. A run lives in ``<results>/<experiment>/<algo>/seed_<k>/``:
+
+- ``config.json`` (:data:`CONFIG`): ``algo``, ``experiment``, ``seed``, ``config`` (the resolved config),
+  ``config_hash``, ``git_commit``, ``versions`` and ``device``;
+- ``metrics.csv`` (:data:`METRICS`): one row per logged iteration; the columns :data:`FIXED_COLUMNS` come first,
+  then namespaced metrics (``train/...``, ``eval/...``); a cell is empty where nothing was measured;
+- ``summary.json`` (:data:`SUMMARY`): ``algo``, ``seed``, ``env_steps``, ``wall_time_s``, ``config_hash``,
+  ``eval`` (the final evaluation) and algorithm extras; written last, so its presence means the run finished;
+- ``policy.pt`` (:data:`POLICY`): the final policy (``research.load_policy`` reads it).
+
+``<results>/<experiment>/experiment.json`` (:data:`MANIFEST`) lists the runs an experiment plans, with their config
+hashes; readers aggregate exactly those. Every file is written through a temporary file and a rename
+(:func:`atomic_write_bytes`), so a killed run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.json"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+POLICY = "policy.pt"
+MANIFEST = "experiment.json"
+
+#: Columns every metrics row holds, in this order.
+FIXED_COLUMNS = ("iteration", "env_steps", "wall_time_s")
+#: Prefix of the shared evaluator's columns in ``metrics.csv`` (``eval/return_mean``, ...).
+EVAL_PREFIX = "eval/"
+#: The column the reports and time-to-threshold statistics read.
+EVAL_RETURN = EVAL_PREFIX + "return_mean"
+
+
+def run_dir(results: str | os.PathLike, experiment: str, algo: str, seed: int) -> Path:
+    """``<results>/<experiment>/<algo>/seed_<seed>``."""
+    return Path(results) / experiment / algo / f"seed_{seed}"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write_bytes` of UTF-8 ``text``."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    """:func:`atomic_write_text` of ``data`` as indented JSON (non-JSON values written with ``str``)."""
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def metrics_csv(rows: Sequence[Mapping[str, Any]], columns: Iterable[str] = ()) -> str:
+    """``metrics.csv`` text of ``rows``: :data:`FIXED_COLUMNS`, then ``columns``, then any other key in order seen."""
+    ordered = list(dict.fromkeys([*FIXED_COLUMNS, *columns, *(k for row in rows for k in row)]))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ordered, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+def read_metrics_rows(path: str | os.PathLike) -> list[dict[str, float | None]]:
+    """The rows of a ``metrics.csv`` as floats (``None`` where a cell is empty)."""
+    with Path(path).open(newline="") as handle:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def is_finished(path: str | os.PathLike) -> bool:
+    """Whether the run directory ``path`` holds a ``summary.json`` (it is written last)."""
+    return (Path(path) / SUMMARY).is_file()
