@@ -26,10 +26,13 @@ from research.envs.physics import (
     PendulumParams,
     observation,
     pendulum_step,
+    physics_features,
     sample_initial_state,
     sample_params,
+    to_wall_range,
     validate_params,
 )
+from research.envs.presets import Physics, get_physics
 
 
 class PendulumEnv(EnvBase):
@@ -50,6 +53,12 @@ class PendulumEnv(EnvBase):
         param_ranges: optional domain randomisation, e.g. ``{"g": (8.0, 12.0)}``; used by ``gen_params`` when it
             is called without explicit values.
         validate: check actions and parameters at every step (one host sync per step). Turn off for raw speed.
+        physics: a preset name of :data:`research.envs.presets.PRESETS` or a :class:`Physics` (default:
+            Gymnasium's); ``param_ranges`` are drawn on top of its ranges. ``gen_params`` and ``reset`` follow it
+            (with a wall, reset angles are represented in the wall's range), ``step`` draws torque noise from the
+            env's generator. Which optional physics terms a step computes is the union of the physics' features
+            and those of every parameter set the env has generated or been reset with (a superset is always
+            correct); with ``validate=True`` each step also reads them from its own parameters.
         render_mode: ``None`` or ``"rgb_array"``. With ``"rgb_array"`` every reset and step also returns
             ``pixels`` (``[*B, render_size, render_size, 3]`` ``uint8``, one picture per batch element, drawn with
             pillow by :func:`research.render.pendulum_frame`, the applied torque as an arrow), so torchrl's
@@ -83,6 +92,7 @@ class PendulumEnv(EnvBase):
         batch_size: Sequence[int] = (),
         param_ranges: Mapping[str, tuple[float, float]] | None = None,
         validate: bool = True,
+        physics: Physics | str = "default",
         render_mode: str | None = None,
         render_size: int = 256,
     ) -> None:
@@ -98,7 +108,9 @@ class PendulumEnv(EnvBase):
         super().__init__(device=device, batch_size=torch.Size(batch_size))
         self.dtype = dtype
         self.param_ranges = dict(param_ranges or {})
-        sample_params((), self.param_ranges, device=device, dtype=dtype)  # fails early on unknown names or bad ranges
+        physics = get_physics(physics) if isinstance(physics, str) else physics
+        self.physics = physics.override(ranges=self.param_ranges)  # fails early on unknown names or bad ranges
+        self.features = self.physics.features
         self.validate = validate
         self.rng: torch.Generator | None = None
         self._make_specs()
@@ -117,8 +129,12 @@ class PendulumEnv(EnvBase):
         unknown = set(values) - set(DEFAULT_PARAMS)
         if unknown:
             raise ValueError(f"unknown physical parameter(s) {sorted(unknown)}; expected some of {list(DEFAULT_PARAMS)}")
-        ranges = {k: v for k, v in self.param_ranges.items() if k not in values}
-        params = sample_params(batch, ranges, generator=self.rng, device=self.device, dtype=self.dtype)._asdict()
+        ranges = {k: v for k, v in self.physics.ranges.items() if k not in values}
+        params = sample_params(
+            batch, ranges, generator=self.rng, device=self.device, dtype=self.dtype, fixed=self.physics.fixed
+        )._asdict()
+        if values:
+            self.features = self.features | physics_features(PendulumParams(**{**DEFAULT_PARAMS, **values}))
         for name, value in values.items():
             params[name] = torch.full(batch, float(value), device=self.device, dtype=self.dtype)
         validate_params(params)
@@ -146,8 +162,8 @@ class PendulumEnv(EnvBase):
         self.state_spec = state_spec.expand(batch)
         self.done_spec = done_spec.expand(batch)
         self.action_spec = Bounded(
-            low=-DEFAULT_PARAMS["max_torque"],
-            high=DEFAULT_PARAMS["max_torque"],
+            low=-self.physics.max_torque,
+            high=self.physics.max_torque,
             shape=(*batch, 1),
             dtype=self.dtype,
             device=self.device,
@@ -172,8 +188,11 @@ class PendulumEnv(EnvBase):
         else:
             params = tensordict["params"]
             validate_params(params, tensordict.batch_size)
+            self.features = self.features | physics_features(params)
         batch = params.batch_size
         th, thdot = sample_initial_state(batch, generator=self.rng, device=self.device, dtype=self.dtype)
+        if self.features.wall:
+            th = to_wall_range(th, PendulumParams.from_mapping(params).wall_angle)
         done = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
         out = TensorDict(
             {
@@ -197,7 +216,13 @@ class PendulumEnv(EnvBase):
         if self.validate:
             self._check_step_input(tensordict, th, thdot, action)
         params = PendulumParams.from_mapping(tensordict["params"])
-        next_th, next_thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), params)
+        features = self.features | physics_features(params) if self.validate else self.features
+        noise = None
+        if features.noise:
+            noise = torch.randn(th.shape, generator=self.rng, device=th.device, dtype=th.dtype)
+        next_th, next_thdot, reward = pendulum_step(
+            th, thdot, action.squeeze(-1), params, noise=noise, features=features
+        )
         done = torch.zeros((*th.shape, 1), dtype=torch.bool, device=th.device)
         out = TensorDict(
             {

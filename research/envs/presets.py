@@ -77,6 +77,18 @@ class Physics:
             raise ValueError(f"physics {self.name!r} draws {name} per episode from {self.ranges[name]}; no one value")
         return float(self.fixed.get(name, DEFAULT_PARAMS[name]))
 
+    def override(
+        self,
+        overrides: Mapping[str, float] | None = None,
+        ranges: Mapping[str, Sequence[float]] | None = None,
+    ) -> Physics:
+        """This physics with ``overrides`` (fixed values) and ``ranges`` (per-episode draws) on top, same name.
+
+        An override pins a parameter that is drawn here, and a range draws one that is fixed here; giving the same
+        parameter in both raises ``ValueError``. Returns ``self`` when both are empty.
+        """
+        return _override(self, overrides, ranges)
+
     def _can_be(self, name: str, nonzero: bool) -> bool:
         """Whether some pendulum of this physics has ``name != 0`` (``nonzero``) or ``== 0``."""
         if name in self.ranges:
@@ -199,7 +211,14 @@ def get_physics(
     """
     if name not in PRESETS:
         raise ValueError(f"unknown physics {name!r}; expected one of {list(PRESETS)}")
-    preset = PRESETS[name]
+    return PRESETS[name].override(overrides, ranges)
+
+
+def _override(
+    preset: Physics,
+    overrides: Mapping[str, float] | None = None,
+    ranges: Mapping[str, Sequence[float]] | None = None,
+) -> Physics:
     overrides = {str(k): float(v) for k, v in (overrides or {}).items()}
     new_ranges: dict[str, tuple[float, float]] = {}
     for key, bounds in (ranges or {}).items():
