@@ -14,7 +14,7 @@ RESULTS ?= results
 REPORT_STEPS = $(if $(shell grep -qs '^\[gradient_study\]' experiments/$(EXP).toml && echo study),gradient-report,aggregate plot maps report)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint experiment runs aggregate plot maps report render gradient-report bench clean
+.PHONY: help install test test-fast lint experiment runs aggregate plot maps report render gradient-report optimal bench clean
 
 help: ## list every target with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -53,6 +53,10 @@ report: ## results/$(EXP)/REPORT.md from the summary, figures and maps
 
 gradient-report: ## results/$(EXP)/figures/*.png and REPORT.md of a gradient study, from its gradient_study.csv
 	$(PYTHON) scripts/gradient_report.py $(RESULTS)/$(EXP)
+
+optimal: ## results/optimal/: the DP optimum of every physics preset (PHYSICS="default noisy" for some), REPORT.md
+	$(PYTHON) -m research.analysis.optimal --out $(RESULTS)/optimal --device $(DEVICE) $(if $(PHYSICS),--physics $(PHYSICS))
+	$(PYTHON) scripts/optimal_report.py $(RESULTS)/optimal
 
 bench: ## speed benchmarks, all cores and 1 thread -> results/bench/ (JSON, BENCH.md, throughput plot)
 	mkdir -p results/bench
