@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from research.evaluation import EVAL_EPISODES, EVAL_SEED
+from research.envs.physics import DEFAULT_PARAMS
+from research.envs.presets import PRESETS, Physics, get_physics
+from research.evaluation import EVAL_EPISODES, EVAL_NOISE_SEED, EVAL_PARAMS_SEED, EVAL_SEED
 from research.policies import Activation
 
 T = TypeVar("T")
@@ -48,15 +50,58 @@ class EnvConfig:
     """'simulator': our batched PendulumEnv; 'gymnasium': torchrl's GymEnv('Pendulum-v1') (DDPG only)."""
     episode_length: int = 200
     """Steps after which an episode is truncated (Gymnasium's time limit is 200)."""
+    physics: str = "default"
+    """Physics variant, a preset of research.envs.presets.PRESETS: default, weak, damped, coulomb, coulomb_smooth,
+    wall, wall_soft, noisy, randomized."""
+    params: dict[str, float] = field(default_factory=dict)
+    """Per-field overrides of the preset, e.g. {wall_restitution = 0.9} (any name of DEFAULT_PARAMS)."""
     param_ranges: dict[str, list[float]] = field(default_factory=dict)
-    """Domain randomisation for training: {name: [low, high]} for g, m, l, dt, max_speed, max_torque."""
+    """Domain randomisation for training: {name: [low, high]} drawn per episode, merged over the preset's ranges
+    (any name of DEFAULT_PARAMS: g, m, l, dt, max_speed, max_torque and the knobs)."""
 
     def __post_init__(self) -> None:
         if self.episode_length <= 0:
             raise ConfigError(f"env.episode_length must be > 0, got {self.episode_length}")
+        if self.physics not in PRESETS:
+            raise ConfigError(f"env.physics must be one of {list(PRESETS)}, got {self.physics!r}")
+        for table, names in (("params", self.params), ("param_ranges", self.param_ranges)):
+            for name in names:
+                if name not in DEFAULT_PARAMS:
+                    raise ConfigError(
+                        f"env.{table}.{name}: unknown physical parameter {name!r}; expected one of "
+                        f"{list(DEFAULT_PARAMS)}"
+                    )
         for name, bounds in self.param_ranges.items():
             if len(bounds) != 2 or bounds[0] > bounds[1]:
                 raise ConfigError(f"env.param_ranges.{name} must be [low, high] with low <= high, got {bounds}")
+        both = sorted(set(self.params) & set(self.param_ranges))
+        if both:
+            raise ConfigError(f"env.params.{both[0]} and env.param_ranges.{both[0]} are both set; give one of them")
+        for name, value in self.params.items():
+            self._check_physics(f"env.params.{name}", overrides={name: value})
+        for name, bounds in self.param_ranges.items():
+            self._check_physics(f"env.param_ranges.{name}", ranges={name: bounds})
+        if self.backend == "gymnasium" and (self.physics != "default" or self.params):
+            raise ConfigError(
+                "env.backend='gymnasium' runs Gymnasium's own physics: env.physics must be 'default' and env.params "
+                f"empty, got physics {self.physics!r} and params {self.params}"
+            )
+        self.to_physics()
+
+    def _check_physics(self, key: str, **changes: Any) -> None:
+        """Raises :class:`ConfigError` naming ``key`` when the preset with ``changes`` is not valid physics."""
+        try:
+            get_physics(self.physics, **changes)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
+
+    def to_physics(self) -> Physics:
+        """The training physics: the preset ``physics`` with ``params`` fixed and ``param_ranges`` drawn."""
+        ranges = {name: (float(b[0]), float(b[1])) for name, b in self.param_ranges.items()}
+        try:
+            return get_physics(self.physics, overrides=self.params, ranges=ranges)
+        except ValueError as err:
+            raise ConfigError(f"env.physics: {err}") from None
 
 
 @dataclass
@@ -69,12 +114,33 @@ class EvalConfig:
     """Number of fixed initial states (the protocol uses 1000)."""
     seed: int = EVAL_SEED
     """Seed of the fixed evaluation states; disjoint from training seeds."""
+    physics: str = ""
+    """Physics to score on, a preset name; empty: the run's training physics (env.physics with env.params; the
+    extra env.param_ranges of training are not drawn at evaluation)."""
+    noise_seed: int = EVAL_NOISE_SEED
+    """Seed of the fixed torque noise at evaluation (physics with torque_noise > 0); disjoint from training seeds."""
+    params_seed: int = EVAL_PARAMS_SEED
+    """Seed of the fixed per-episode parameter draws at evaluation (e.g. physics 'randomized')."""
 
     def __post_init__(self) -> None:
         if self.interval_env_steps <= 0:
             raise ConfigError(f"eval.interval_env_steps must be > 0, got {self.interval_env_steps}")
         if self.episodes <= 0:
             raise ConfigError(f"eval.episodes must be > 0, got {self.episodes}")
+        if self.physics and self.physics not in PRESETS:
+            raise ConfigError(f"eval.physics must be '' (the training physics) or one of {list(PRESETS)}, "
+                              f"got {self.physics!r}")
+        seeds = {"seed": self.seed, "noise_seed": self.noise_seed, "params_seed": self.params_seed}
+        if len(set(seeds.values())) < len(seeds):
+            raise ConfigError(f"eval.seed, eval.noise_seed and eval.params_seed must differ (separate streams), "
+                              f"got {seeds}")
+
+    def to_physics(self, env: EnvConfig) -> Physics:
+        """The physics the evaluator scores on: the preset ``physics``, or else the training preset with
+        ``env.params`` (and the preset's own ranges, drawn from ``params_seed``), without ``env.param_ranges``."""
+        if self.physics:
+            return get_physics(self.physics)
+        return get_physics(env.physics, overrides=env.params)
 
 
 def check_device(name: str) -> None:

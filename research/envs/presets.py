@@ -234,4 +234,6 @@ def _override(
     drawn.update(new_ranges)
     if not overrides and not new_ranges:
         return preset
-    return Physics(preset.name, fixed, drawn, preset.description)
+    changes = [f"{k}={v:g}" for k, v in overrides.items()] + [f"{k} in [{a:g}, {b:g}]" for k, (a, b) in new_ranges.items()]
+    description = f"{preset.description} Changed: {', '.join(changes)}."
+    return Physics(preset.name, fixed, drawn, description)
