@@ -38,7 +38,9 @@ from research.envs.presets import Physics, get_physics
 class PendulumEnv(EnvBase):
     """Gymnasium Pendulum-v1 physics, stateless and not batch-locked.
 
-    Keys: state ``th``, ``thdot`` (``[*B]``); parameters ``params/{g, m, l, dt, max_speed, max_torque}`` (``[*B]``);
+    Keys: state ``th``, ``thdot`` (``[*B]``); parameters ``params/{g, m, l, dt, max_speed, max_torque}`` and the
+    physics knobs ``params/{damping, friction, friction_width, torque_noise, wall_angle, wall_restitution,
+    wall_stiffness}`` (``[*B]``; see :mod:`research.envs.physics`);
     ``action`` ``[*B, 1]``; ``observation`` ``[*B, 3]`` = ``[cos th, sin th, thdot]``; ``reward`` ``[*B, 1]``;
     ``done``/``terminated``/``truncated`` ``[*B, 1]`` (always ``False``: the task never ends by itself, add
     ``StepCounter(200)`` for Gymnasium's time limit).
