@@ -7,6 +7,13 @@ Per algorithm, over seeds: the mean and interquartile mean of the final evaluati
 seeds, fixed RNG seed), the median and standard deviation, the mean success rate, mean total env steps and
 wall-clock, and the median env steps and wall-clock at which a run's evaluation mean first reached the threshold
 (over the seeds that reached it; ``seeds_reaching_threshold`` counts them; empty if none did).
+
+Against the optimal-control yardstick (``results/optimal/summary.csv``, ``make optimal``; ``--optimal`` to point
+elsewhere): ``optimum`` is the best dynamic-programming return ``R_opt`` of the physics the run was scored on,
+``gap_to_optimum = R_opt - R`` and ``normalized_score = (R - R_zero) / (R_opt - R_zero)`` (``R_zero``: never
+pushing, so 0 is doing nothing and 1 the optimum), per run and for the mean over seeds. They are empty when no
+optimum applies: no yardstick file, a physics it does not list, or an evaluation other than the protocol's (other
+states, or the preset's parameters overridden).
 """
 
 from __future__ import annotations
@@ -37,17 +44,67 @@ SUMMARY_COLUMNS = (
     "final_return_iqm", "final_return_iqm_ci_low", "final_return_iqm_ci_high",
     "final_return_median", "final_return_std", "success_rate", "env_steps", "wall_time_s",
     "threshold", "seeds_reaching_threshold", "env_steps_to_threshold", "wall_time_s_to_threshold",
+    "physics", "optimum", "gap_to_optimum", "normalized_score",
 )
 RUN_COLUMNS = (
     "algo", "seed", "final_return_mean", "final_return_iqm", "final_return_median", "final_return_min",
     "success_rate", "env_steps", "wall_time_s", "env_steps_to_threshold", "wall_time_s_to_threshold", "config_hash",
+    "physics", "optimum", "gap_to_optimum", "normalized_score",
 )
+#: The yardstick beside the experiment directories: ``<results>/optimal/summary.csv``.
+OPTIMAL_SUMMARY = Path("optimal") / "summary.csv"
+#: The protocol's evaluation states, those the yardstick is computed on (``research/evaluation.py``).
+PROTOCOL_EPISODES = 1000
+PROTOCOL_SEED = 1_000_003
+
+Optima = dict[str, tuple[float, float]]
 
 
-def summary_rows(runs: list[Run], threshold: float = THRESHOLD) -> list[dict]:
-    """One row per algorithm with the columns of ``SUMMARY_COLUMNS`` (statistics over its seeds)."""
+def optimal_summary_path(exp_dir: Path) -> Path:
+    """Where the yardstick of an experiment directory ``<results>/<exp>`` lives: ``<results>/optimal/summary.csv``."""
+    return exp_dir.parent / OPTIMAL_SUMMARY
+
+
+def load_optima(path: Path) -> Optima:
+    """``{physics: (R_opt, R_zero)}`` from the rows of ``results/optimal/summary.csv`` marked ``optimum = 1`` on the
+    protocol's 1000 states; ``{}`` when the file does not exist."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {row["physics"]: (float(row["return_mean"]), float(row["zero_torque_return_mean"])) for row in rows
+            if row.get("optimum") == "1" and int(float(row.get("episodes") or PROTOCOL_EPISODES)) == PROTOCOL_EPISODES}
+
+
+def evaluation_physics(run: Run) -> str:
+    """The preset the run was scored on (``config.eval.physics``, else ``config.env.physics``, else ``default``),
+    or ``""`` when its evaluation is not the protocol's on that preset (other states, overridden parameters)."""
+    config = run.config.get("config", {})
+    env, evaluation = config.get("env") or {}, config.get("eval") or {}
+    if int(evaluation.get("episodes", PROTOCOL_EPISODES)) != PROTOCOL_EPISODES:
+        return ""
+    if int(evaluation.get("seed", PROTOCOL_SEED)) != PROTOCOL_SEED:
+        return ""
+    if evaluation.get("physics"):
+        return str(evaluation["physics"])
+    return "" if env.get("params") else str(env.get("physics") or "default")
+
+
+def optimum_columns(final_return: float, physics: str, optima: Optima) -> dict:
+    """``physics``, ``optimum``, ``gap_to_optimum`` and ``normalized_score`` of a final return (NaN: no optimum)."""
+    if physics not in optima:
+        return {"physics": physics, "optimum": math.nan, "gap_to_optimum": math.nan, "normalized_score": math.nan}
+    best, zero = optima[physics]
+    return {"physics": physics, "optimum": best, "gap_to_optimum": best - final_return,
+            "normalized_score": (final_return - zero) / (best - zero)}
+
+
+def summary_rows(runs: list[Run], threshold: float = THRESHOLD, optima: Optima | None = None) -> list[dict]:
+    """One row per algorithm with the columns of ``SUMMARY_COLUMNS`` (statistics over its seeds; the optimum
+    columns of the mean over seeds)."""
     rows = []
     for algo, group in group_by_algo(runs).items():
+        physics = {evaluation_physics(run) for run in group}
         finals = np.array([run.final_return for run in group])
         mean_low, mean_high = bootstrap_ci(finals)
         iqm_low, iqm_high = bootstrap_ci(finals, iqm)
@@ -72,11 +129,12 @@ def summary_rows(runs: list[Run], threshold: float = THRESHOLD) -> list[dict]:
             "seeds_reaching_threshold": int(reached.sum()),
             "env_steps_to_threshold": np.median(crossings[reached, 0]) if reached.any() else math.nan,
             "wall_time_s_to_threshold": np.median(crossings[reached, 1]) if reached.any() else math.nan,
+            **optimum_columns(finals.mean(), physics.pop() if len(physics) == 1 else "", optima or {}),
         })
     return rows
 
 
-def run_rows(runs: list[Run], threshold: float = THRESHOLD) -> list[dict]:
+def run_rows(runs: list[Run], threshold: float = THRESHOLD, optima: Optima | None = None) -> list[dict]:
     """One row per run with the columns of ``RUN_COLUMNS``."""
     rows = []
     for run in runs:
@@ -89,6 +147,7 @@ def run_rows(runs: list[Run], threshold: float = THRESHOLD) -> list[dict]:
             "success_rate": evaluation["success_rate"], "env_steps": run.summary["env_steps"],
             "wall_time_s": run.summary["wall_time_s"], "env_steps_to_threshold": steps,
             "wall_time_s_to_threshold": wall, "config_hash": run.summary.get("config_hash", ""),
+            **optimum_columns(evaluation["return_mean"], evaluation_physics(run), optima or {}),
         })
     return rows
 
@@ -113,21 +172,25 @@ def to_csv(rows: list[dict], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def csv_texts(runs: list[Run], threshold: float = THRESHOLD) -> tuple[str, str]:
-    """``(summary.csv text, runs.csv text)`` of the runs."""
-    return to_csv(summary_rows(runs, threshold), SUMMARY_COLUMNS), to_csv(run_rows(runs, threshold), RUN_COLUMNS)
+def csv_texts(runs: list[Run], threshold: float = THRESHOLD, optima: Optima | None = None) -> tuple[str, str]:
+    """``(summary.csv text, runs.csv text)`` of the runs (``optima``: :func:`load_optima`; none: empty columns)."""
+    return (to_csv(summary_rows(runs, threshold, optima), SUMMARY_COLUMNS),
+            to_csv(run_rows(runs, threshold, optima), RUN_COLUMNS))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment_dir", type=Path, help="results/<experiment>")
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="return for the time-to-threshold columns")
+    parser.add_argument("--optimal", type=Path, default=None,
+                        help="the yardstick's summary.csv (default: <results>/optimal/summary.csv)")
     args = parser.parse_args(argv)
     exp_dir = experiment_dir(args.experiment_dir)
     if not has_finished_runs(exp_dir):
         print(f"{exp_dir}: no finished training runs (*/seed_*/summary.json); nothing to aggregate")
         return 0
-    summary, per_run = csv_texts(load_runs(exp_dir), args.threshold)
+    optima = load_optima(args.optimal or optimal_summary_path(exp_dir))
+    summary, per_run = csv_texts(load_runs(exp_dir), args.threshold, optima)
     (exp_dir / "summary.csv").write_text(summary)
     (exp_dir / "runs.csv").write_text(per_run)
     print(f"wrote {exp_dir / 'summary.csv'} and {exp_dir / 'runs.csv'}")

@@ -56,17 +56,19 @@ def refinement_tables(rows: list[dict]) -> list[str]:
         refinement = [r for r in group if r["role"] == "refinement"]
         if len(refinement) < 2:
             continue
-        body, previous = [], None
+        body, means = [], []
         for row in refinement:
-            mean = float(row["return_mean"])
-            change = "" if previous is None else f"{mean - previous:+.2f}"
+            means.append(float(row["return_mean"]))
+            change = "" if len(means) == 1 else f"{means[-1] - means[-2]:+.2f}"
             body.append([row["grid"], row["actions"], fmt(row["return_mean"]), change, fmt(row["return_median"]),
                          fmt(row["return_min"]), fmt(row["dp_value_mean"]), fmt(row["solve_seconds"], 1)])
-            previous = mean
         lines += [f"### `{name}`", ""]
         lines += markdown_table(["grid", "torques", "return mean", "change", "median", "worst", "DP estimate V_0",
                                  "solve (s)"], body)
-        lines += [""]
+        steps = [b - a for a, b in zip(means, means[1:], strict=False)]
+        trend = "rises with every refinement" if all(d >= 0 for d in steps) else "does not rise monotonically"
+        lines += ["", f"The mean return {trend}; the two finest grids ({refinement[-2]['grid']}, "
+                      f"{refinement[-1]['grid']}) differ by {abs(steps[-1]):.2f}.", ""]
     return lines
 
 
@@ -113,10 +115,9 @@ def render(rows: list[dict], config: dict) -> str:
         "## Grid refinement",
         "",
     ]
-    lines += refinement_tables(rows)
     if refinement:
-        lines += ["`change`: against the next coarser grid. The greedy return rises monotonically with the grid and "
-                  "the steps shrink; the DP estimate approaches it from below.", ""]
+        lines += ["`change`: the mean return against the next coarser grid (same torque set).", ""]
+    lines += refinement_tables(rows)
     lines += actions_table(rows)
     lines += ["## Setup", ""]
     commit = str(config.get("git_commit"))
@@ -127,8 +128,12 @@ def render(rows: list[dict], config: dict) -> str:
     versions = config.get("versions", {})
     if versions:
         lines += ["- Libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
-    lines += [f"- Command: `python -m research.analysis.optimal {' '.join(config.get('argv', []))}`".rstrip() + "",
-              "", "## Regenerate", "", "```bash", "make optimal", "```", ""]
+    argv = config.get("argv", [])
+    lines += [f"- Command: `python -m research.analysis.optimal {' '.join(argv)}`", ""]
+    physics = argv[argv.index("--physics") + 1:] if "--physics" in argv else []
+    physics = physics[:next((i for i, a in enumerate(physics) if a.startswith("--")), len(physics))]
+    make = "make optimal" + (f' PHYSICS="{" ".join(physics)}"' if physics else "")
+    lines += ["## Regenerate", "", "```bash", make, "```", ""]
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from _rundata import (
     load_manifest,
     load_runs,
 )
-from aggregate import csv_texts
+from aggregate import csv_texts, load_optima, optimal_summary_path
 from plot import FIGURES, ZOO_DDPG_RETURN
 
 
@@ -66,28 +66,58 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
     return lines
 
 
+def fmt_score(text: str) -> str:
+    value = _float(text)
+    return "" if value is None else f"{value:.3f}"
+
+
+def has_optimum(rows: list[dict]) -> bool:
+    """Whether any row has an optimum to compare with (``scripts/aggregate.py`` leaves the cells empty otherwise)."""
+    return any(row.get("optimum") not in ("", None) for row in rows)
+
+
+def optimum_cells(row: dict) -> list[str]:
+    return [fmt_return(row["gap_to_optimum"]) or "n/a", fmt_score(row["normalized_score"]) or "n/a"]
+
+
 def summary_table(rows: list[dict]) -> list[str]:
     threshold = fmt_threshold(rows)
+    optimum = has_optimum(rows)
     header = ["algorithm", "seeds", "final return, mean [95% CI]", "IQM [95% CI]", "median", "success rate",
               "env steps", "wall-clock (s)", f"env steps to {threshold}", f"wall-clock to {threshold} (s)"]
+    header += ["gap to optimum", "normalized score"] if optimum else []
     body = [[
         f"`{row['algo']}`", row["n_seeds"], fmt_ci(row, "final_return_mean"), fmt_ci(row, "final_return_iqm"),
         fmt_return(row["final_return_median"]), fmt_percent(row["success_rate"]), fmt_count(row["env_steps"]),
         fmt_seconds(row["wall_time_s"]),
         f"{fmt_count(row['env_steps_to_threshold']) or 'never'} ({row['seeds_reaching_threshold']}/{row['n_seeds']})",
         fmt_seconds(row["wall_time_s_to_threshold"]) or "never",
-    ] for row in rows]
+    ] + (optimum_cells(row) if optimum else []) for row in rows]
     return markdown_table(header, body)
 
 
 def runs_table(rows: list[dict]) -> list[str]:
+    optimum = has_optimum(rows)
     header = ["algorithm", "seed", "final return (mean)", "IQM", "median", "worst episode", "success rate",
-              "env steps", "wall-clock (s)"]
+              "env steps", "wall-clock (s)"] + (["gap to optimum", "normalized score"] if optimum else [])
     body = [[f"`{row['algo']}`", row["seed"], fmt_return(row["final_return_mean"]), fmt_return(row["final_return_iqm"]),
              fmt_return(row["final_return_median"]), fmt_return(row["final_return_min"]),
              fmt_percent(row["success_rate"]), fmt_count(row["env_steps"]), fmt_seconds(row["wall_time_s"])]
-            for row in rows]
+            + (optimum_cells(row) if optimum else []) for row in rows]
     return markdown_table(header, body)
+
+
+def optimum_note(rows: list[dict]) -> list[str]:
+    """What the optimum columns mean, with each physics' optimum (empty without one)."""
+    if not has_optimum(rows):
+        return []
+    optima = sorted({(row["physics"], float(row["optimum"])) for row in rows if row.get("optimum") not in ("", None)})
+    values = ", ".join(f"`{name}` {value:.1f}" for name, value in optima)
+    return ["Gap to optimum: `R_opt - R` for the mean final return `R`, where `R_opt` is the best return of the "
+            f"dynamic-programming yardstick on the physics the runs were scored on ({values}; "
+            "[`results/optimal/REPORT.md`](../optimal/REPORT.md), `make optimal`: the greedy policy of a value "
+            "table on a fine grid, achievable, so a lower bound on the true optimum). Normalized score: `(R - R_zero) "
+            "/ (R_opt - R_zero)`, `R_zero` the return of never pushing: 0 is doing nothing, 1 the optimum.", ""]
 
 
 def setup_section(runs: list[Run]) -> list[str]:
@@ -137,6 +167,7 @@ def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs:
         "how often a method is evaluated.",
         "",
     ]
+    lines += optimum_note(summary)
     figures = [(name, xlabel) for name, xlabel, _ in FIGURES.values() if (exp_dir / "figures" / name).is_file()]
     for name, xlabel in figures:
         lines += [f"![evaluation return against {xlabel}](figures/{name})", ""]
@@ -164,6 +195,8 @@ def read_csv(text: str) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment_dir", type=Path, help="results/<experiment>")
+    parser.add_argument("--optimal", type=Path, default=None,
+                        help="the yardstick's summary.csv that aggregate.py read (default: <results>/optimal/summary.csv)")
     args = parser.parse_args(argv)
     exp_dir = experiment_dir(args.experiment_dir)
     if not has_finished_runs(exp_dir):
@@ -175,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary_text, runs_text = summary_path.read_text(), runs_path.read_text()
     threshold = float(read_csv(summary_text)[0]["threshold"]) if read_csv(summary_text) else THRESHOLD
     runs = load_runs(exp_dir)
-    if (summary_text, runs_text) != csv_texts(runs, threshold):
+    optima = load_optima(args.optimal or optimal_summary_path(exp_dir))
+    if (summary_text, runs_text) != csv_texts(runs, threshold, optima):
         sys.exit(f"error: {summary_path} no longer matches the run directories; run "
                  f"`python scripts/aggregate.py {exp_dir}` first")
     report = render_report(exp_dir, read_csv(summary_text), read_csv(runs_text), runs)
