@@ -177,6 +177,9 @@ class RunConfig:
     num_threads: int = 0
     """CPU threads of torch during the run (0: leave torch's setting, which the experiment runner sets to
     cores // jobs)."""
+    logger: Literal["none", "csv", "tensorboard", "wandb"] = "none"
+    """A TorchRL logger mirroring every metric row into ``<run dir>/logs/`` (wandb in offline mode); the run's
+    ``metrics.csv`` stays the record the scripts read."""
     max_wall_time_s: float = 0.0
     """Stop training after this many seconds (0 = no limit); the final evaluation still runs."""
     max_consecutive_skips: int = 10
@@ -190,8 +193,10 @@ class RunConfig:
         check_device(self.device)
         if self.num_threads < 0:
             raise ConfigError(f"num_threads must be >= 0, got {self.num_threads}")
-        if self.seed == self.eval.seed:
-            raise ConfigError(f"seed must differ from eval.seed ({self.eval.seed}): evaluation states stay unseen")
+        for name in ("seed", "noise_seed", "params_seed"):
+            if self.seed == getattr(self.eval, name):
+                raise ConfigError(f"seed must differ from eval.{name} ({self.seed}): what the evaluator draws stays "
+                                  "unseen in training")
         if self.max_wall_time_s < 0:
             raise ConfigError(f"max_wall_time_s must be >= 0, got {self.max_wall_time_s}")
         if self.max_consecutive_skips <= 0:

@@ -45,13 +45,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from research.algos import ALGOS
 from research.config import ConfigError, ExperimentConfig, config_hash, from_dict, load_toml
-from research.runs import atomic_write_json, run_dir
+from research.rundir import MANIFEST, SUMMARY, atomic_write_bytes, atomic_write_json, run_dir
 from research.train import resolve_config, train
 
 log = logging.getLogger("research.experiment")  # the same name when run with -m
 
 GRADIENT_STUDY = "gradient_study"
-MANIFEST = "experiment.json"
 Backend = Literal["local", "ray"]
 
 
@@ -133,7 +132,7 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
 
 def run_status(run: PlannedRun) -> Literal["done", "changed", "incomplete", "new"]:
     """``done``: finished with this config; ``changed``: finished with another; ``incomplete``: started, unfinished."""
-    summary_path = run.run_dir / "summary.json"
+    summary_path = run.run_dir / SUMMARY
     if summary_path.is_file():
         try:
             summary = json.loads(summary_path.read_text())
@@ -189,10 +188,8 @@ def execute_run_packed(algo: str, config: Any, experiment: str, threads: int) ->
 def unpack_run(out_dir: Path, files: dict[str, bytes]) -> None:
     """Writes a packed run into ``out_dir``, atomically per file and ``summary.json`` last."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in sorted(files, key=lambda n: n == "summary.json"):
-        tmp = out_dir / f".{name}.{os.getpid()}.tmp"
-        tmp.write_bytes(files[name])
-        os.replace(tmp, out_dir / name)
+    for name in sorted(files, key=lambda n: n == SUMMARY):
+        atomic_write_bytes(out_dir / name, files[name])
 
 
 OnDone = Callable[[PlannedRun, "dict | None", "str | None"], None]

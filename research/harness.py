@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from research.config import ConfigError
-from research.envs import sample_initial_state
+from research.envs.presets import Physics
 from research.evaluation import evaluate_policy
 from research.rollout import RolloutState, initial_state
 from research.rundir import EVAL_PREFIX
@@ -111,16 +111,22 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, iterations: 
     raise ConfigError(f"lr_schedule must be 'constant', 'linear' or 'cosine', got {schedule!r}")
 
 
-def staggered_start(num_envs: int, episode_length: int, generator: torch.Generator, device: torch.device,
-                    dtype: torch.dtype, physics: Any = None) -> RolloutState:
-    """Fresh pendulums ``[num_envs]`` whose episode step counters are spread evenly over ``[0, episode_length)``,
-    so that every window of truncated BPTT or SHAC sees every phase of an episode."""
-    if physics is not None:
-        th, thdot = physics.initial_state((num_envs,), generator, device, dtype)
-    else:
-        th, thdot = sample_initial_state((num_envs,), generator, device, dtype)
+def staggered_start(num_envs: int, episode_length: int, physics: Physics, generator: torch.Generator,
+                    device: torch.device, dtype: torch.dtype, params: Any = None) -> RolloutState:
+    """Fresh pendulums ``[num_envs]`` of ``physics`` whose episode step counters are spread evenly over
+    ``[0, episode_length)``, so that every window of truncated BPTT or SHAC sees every phase of an episode."""
+    th, thdot = physics.initial_state((num_envs,), generator, device, dtype, params=params)
     offsets = torch.arange(num_envs, device=device) * episode_length // num_envs
     return initial_state(th, thdot, offsets.to(torch.int64))
+
+
+def redraw_finished(params: Any, physics: Physics, finished: Tensor, generator: torch.Generator) -> Any:
+    """``params`` with the pendulums flagged in ``finished [B]`` given fresh draws of ``physics.ranges`` (a new
+    episode, a new pendulum); unchanged when the physics draws nothing."""
+    if not physics.ranges:
+        return params
+    fresh = physics.params(finished.shape, generator, finished.device, params.g.dtype)
+    return type(params)(*(torch.where(finished, new, old) for new, old in zip(fresh, params, strict=True)))
 
 
 class Budget:
@@ -172,9 +178,9 @@ class Evaluator:
 
     def __call__(self, policy: nn.Module | Callable[[Tensor], Tensor], env_steps: int) -> dict[str, float]:
         start = time.perf_counter()
-        kwargs = {} if self.physics is None else {"physics": self.physics}
         self.latest = evaluate_policy(policy, self.config.episodes, self.config.seed, device=self.device,
-                                      dtype=self.dtype, **kwargs)
+                                      dtype=self.dtype, physics=self.physics, noise_seed=self.config.noise_seed,
+                                      params_seed=self.config.params_seed)
         if self.budget is not None:
             self.budget.eval_time_s += time.perf_counter() - start
         interval = self.config.interval_env_steps
@@ -217,7 +223,7 @@ class RunContext:
     dtype: torch.dtype
     generator: torch.Generator
     budget: Budget
-    physics: Any = None
+    physics: Physics
     guards: list[SkipGuard] = field(default_factory=list)
 
     def guard(self, name: str) -> SkipGuard:
@@ -271,13 +277,18 @@ def set_threads(count: int) -> Callable[[], None]:
     return lambda: torch.set_num_threads(previous)
 
 
+def training_physics(env_config: Any) -> Physics:
+    """The :class:`~research.envs.presets.Physics` an ``env`` config table trains on (preset, overrides, ranges)."""
+    return env_config.to_physics()
+
+
 def prepare(config: Any) -> RunContext:
     """Device, dtype, seeds (torch's global RNG and a generator of the run's own) and the budget of a run."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    physics = config.env.to_physics() if hasattr(config.env, "to_physics") else None
-    return RunContext(config, device, DTYPES[config.dtype], generator, Budget(config.max_wall_time_s), physics)
+    return RunContext(config, device, DTYPES[config.dtype], generator, Budget(config.max_wall_time_s),
+                      training_physics(config.env))
 
 
 def train(config: Any, algorithm: Callable[[Any, RunContext], Algorithm], writer: Writer | None = None,
@@ -295,9 +306,7 @@ def train(config: Any, algorithm: Callable[[Any, RunContext], Algorithm], writer
     restore_threads = set_threads(getattr(config, "num_threads", 0))
     try:
         run = prepare(config)
-        eval_physics = run.physics
-        if eval_physics is not None and hasattr(config.eval, "to_physics"):
-            eval_physics = config.eval.to_physics(run.physics)
+        eval_physics = config.eval.to_physics(config.env)
         algo = algorithm(config, run)
         budget = run.budget
         evaluator = Evaluator(config.eval, run.device, run.dtype, budget, eval_physics)

@@ -69,6 +69,24 @@ def device_description(device: str | torch.device) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
 
 
+def make_mirror(kind: str, path: Path, name: str) -> Any:
+    """A TorchRL logger writing under ``path`` (``csv``, ``tensorboard``, or ``wandb`` offline), or ``None``."""
+    if kind == "none":
+        return None
+    from torchrl.record.loggers import CSVLogger, TensorboardLogger, WandbLogger
+
+    try:
+        if kind == "csv":
+            return CSVLogger(name, log_dir=str(path))
+        if kind == "tensorboard":
+            return TensorboardLogger(name, log_dir=str(path))
+        if kind == "wandb":
+            return WandbLogger(name, offline=True, save_dir=str(path), project="research")
+    except ImportError as err:
+        raise ValueError(f"logger={kind!r} needs its package ({err}); install it or use logger='csv'") from None
+    raise ValueError(f"logger must be one of 'none', 'csv', 'tensorboard', 'wandb', got {kind!r}")
+
+
 class RunWriter:
     """Writes one run's files. The harness calls :meth:`log` as it goes and :meth:`finish` once at the end."""
 
@@ -82,6 +100,8 @@ class RunWriter:
         self.seed = getattr(config, "seed", None)
         self.config_hash = config_hash(config)
         self.rows: list[dict[str, Any]] = []
+        self.mirror = make_mirror(getattr(config, "logger", "none"), self.path / "logs",
+                                  f"{experiment or 'run'}-{algo}-seed_{self.seed}")
         atomic_write_json(self.path / CONFIG, {
             "algo": algo,
             "experiment": experiment,
@@ -98,7 +118,13 @@ class RunWriter:
         missing = [c for c in FIXED_COLUMNS if c not in row]
         if missing:
             raise ValueError(f"a metrics row needs {list(FIXED_COLUMNS)}; missing {missing}")
-        self.rows.append({k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in row.items()})
+        row = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in row.items()}
+        self.rows.append(row)
+        if self.mirror is not None:
+            step = int(row["env_steps"])
+            for key, value in row.items():
+                if key not in FIXED_COLUMNS and isinstance(value, (int, float)) and value == value:
+                    self.mirror.log_scalar(key, float(value), step=step)
 
     def flush(self) -> None:
         atomic_write_text(self.path / METRICS, metrics_csv(self.rows))

@@ -1,6 +1,6 @@
 """Reading an experiment's run directories, and the statistics over seeds the scripts share (stdlib + numpy only).
 
-The files are those of the run-directory contract (``research/runs.py``): ``<exp>/<algo>/seed_<k>/`` with
+The files are those of the run-directory contract (:mod:`research.rundir`, standard library only, imported here): ``<exp>/<algo>/seed_<k>/`` with
 ``config.json``, ``metrics.csv`` and ``summary.json`` (present only once the run finished). When the experiment
 runner's ``<exp>/experiment.json`` exists, exactly the runs it plans are read, and a run finished under another
 config (its ``config_hash`` differs) is left out with a warning; without it, every finished run is read.
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-MANIFEST = "experiment.json"
-EVAL_RETURN = "eval/return_mean"
+from research.rundir import CONFIG, EVAL_RETURN, MANIFEST, METRICS, SUMMARY
+from research.statistics import interquartile_mean
+
 THRESHOLD = -200.0
 """Evaluation return counted as 'solved enough' for the time-to-threshold columns (Tianshou's solved mark is -250)."""
 BOOTSTRAP_RESAMPLES = 10_000
@@ -70,7 +71,7 @@ def experiment_dir(path: str | Path) -> Path:
 
 def has_finished_runs(exp_dir: Path) -> bool:
     """Whether ``exp_dir`` holds any finished training run (``*/seed_*/summary.json``)."""
-    return any(exp_dir.glob("*/seed_*/summary.json"))
+    return any(exp_dir.glob(f"*/seed_*/{SUMMARY}"))
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:
@@ -83,9 +84,9 @@ def read_metrics(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_run(path: Path) -> Run:
-    summary = json.loads((path / "summary.json").read_text())
-    config = json.loads((path / "config.json").read_text())
-    return Run(summary["algo"], int(summary["seed"]), path, config, summary, read_metrics(path / "metrics.csv"))
+    summary = json.loads((path / SUMMARY).read_text())
+    config = json.loads((path / CONFIG).read_text())
+    return Run(summary["algo"], int(summary["seed"]), path, config, summary, read_metrics(path / METRICS))
 
 
 def load_manifest(exp_dir: Path) -> dict | None:
@@ -97,13 +98,13 @@ def load_runs(exp_dir: Path) -> list[Run]:
     """The experiment's finished runs, ordered by algorithm (the experiment's order) and seed."""
     manifest = load_manifest(exp_dir)
     if manifest is None:
-        runs = [load_run(p.parent) for p in sorted(exp_dir.glob("*/seed_*/summary.json"))]
+        runs = [load_run(p.parent) for p in sorted(exp_dir.glob(f"*/seed_*/{SUMMARY}"))]
         _warn_mixed_configs(runs)
         return sorted(runs, key=lambda r: (r.algo, r.seed))
     runs, missing = [], []
     for entry in manifest["runs"]:
         path = exp_dir / entry["path"]
-        if not (path / "summary.json").is_file():
+        if not (path / SUMMARY).is_file():
             missing.append(entry["path"])
             continue
         run = load_run(path)
@@ -114,7 +115,7 @@ def load_runs(exp_dir: Path) -> list[Run]:
     if missing:
         warn(f"{len(missing)} planned runs have not finished and are left out: {', '.join(missing)}")
     planned = {entry["path"] for entry in manifest["runs"]}
-    extra = sorted(str(p.parent.relative_to(exp_dir)) for p in exp_dir.glob("*/seed_*/summary.json")
+    extra = sorted(str(p.parent.relative_to(exp_dir)) for p in exp_dir.glob(f"*/seed_*/{SUMMARY}")
                    if str(p.parent.relative_to(exp_dir)) not in planned)
     if extra:
         warn(f"runs not planned by {MANIFEST} are ignored: {', '.join(extra)}")
@@ -144,11 +145,8 @@ def mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Interquartile mean: the mean after dropping the lowest and highest ``n // 4`` values (n = 5 keeps the middle 3)."""
-    ordered = np.sort(values, axis=axis)
-    n = ordered.shape[axis]
-    cut = n // 4
-    return np.mean(np.take(ordered, np.arange(cut, n - cut), axis=axis), axis=axis)
+    """Interquartile mean (the evaluator's own, :func:`research.statistics.interquartile_mean`)."""
+    return interquartile_mean(values, axis=axis)
 
 
 def bootstrap_ci(values: np.ndarray, statistic: Callable[..., np.ndarray] = mean, level: float = 0.95,

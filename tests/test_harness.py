@@ -1,12 +1,13 @@
 import csv
 import json
+import math
 import time
 
 import pytest
 import torch
 
 import research.policies
-from research.config import EvalConfig
+from research.config import EvalConfig, from_dict
 from research.harness import (
     Budget,
     Evaluator,
@@ -153,3 +154,36 @@ def test_schedules_are_torchs_own_and_end_at_the_final_fraction(schedule):
 
 def test_null_writer_returns_the_summary():
     assert NullWriter().finish(torch.nn.Linear(1, 1), {"a": 1}) == {"a": 1}
+
+
+@pytest.mark.parametrize("physics", ["weak", "coulomb", "wall", "wall_soft", "noisy", "randomized"])
+@pytest.mark.parametrize("algo", ["bptt", "bptt_window", "shac", "ddpg"])
+def test_every_algorithm_trains_and_is_scored_on_every_kind_of_variant(algo, physics, monkeypatch):
+    """A tiny run of each trainer on a variant: finite scores on that variant, the policy squashed to its torque."""
+    from research.algos import get_algo
+
+    tiny_eval = {"interval_env_steps": 10_000, "episodes": 8}
+    tables = {
+        "bptt": {"iterations": 2, "num_envs": 8, "horizon": 10},
+        "bptt_window": {"iterations": 3, "num_envs": 8, "window": 10, "env": {"episode_length": 15}},
+        "shac": {"iterations": 3, "num_envs": 8, "window": 10, "critic_iterations": 1, "critic_minibatches": 2,
+                 "env": {"episode_length": 15}},
+        "ddpg": {"total_env_steps": 200, "warmup_env_steps": 100, "frames_per_batch": 100, "batch_size": 16,
+                 "hidden_sizes": [8], "critic_hidden_sizes": [8], "env": {"episode_length": 50}},
+    }
+    table = tables[algo]
+    table = {**table, "env": {**table.get("env", {}), "physics": physics}, "eval": tiny_eval}
+    config_cls, trainer = get_algo(algo.split("_")[0])
+    config = from_dict(config_cls, table)
+    made = []
+    original = Evaluator.__call__
+
+    def spy(self, policy, env_steps):
+        made.append((self.physics.name, policy.max_torque))
+        return original(self, policy, env_steps)
+
+    monkeypatch.setattr(Evaluator, "__call__", spy)
+    summary = trainer(config, quiet=True)
+    assert summary["skipped_updates"] == 0 and math.isfinite(summary["eval"]["return_mean"])
+    expected_torque = 1.0 if physics == "weak" else 2.0
+    assert made and all(m == (physics, expected_torque) for m in made)

@@ -66,3 +66,14 @@ def test_metrics_csv_round_trip_and_empty_cells(tmp_path):
 
 def test_run_dir_layout():
     assert str(run_dir("results", "exp", "sac", 4)) == "results/exp/sac/seed_4"
+
+
+def test_a_torchrl_logger_mirrors_the_rows(tmp_path):
+    config = BPTTConfig(iterations=3, logger="csv")
+    writer = RunWriter(tmp_path, "bptt", config, experiment="exp")
+    writer.log({"iteration": 1, "env_steps": 10, "wall_time_s": 0.5, "train/loss": 2.0, "train/none": None})
+    writer.log({"iteration": 2, "env_steps": 20, "wall_time_s": 0.9, "train/loss": 1.5})
+    mirrored = sorted((tmp_path / "logs").rglob("*.csv"))
+    assert mirrored, "the CSV logger wrote nothing"
+    text = "".join(p.read_text() for p in mirrored)
+    assert "2.0" in text and "1.5" in text

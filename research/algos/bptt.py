@@ -31,8 +31,8 @@ from torch import Tensor
 
 from research import harness
 from research.config import ConfigError, RunConfig
-from research.envs import PendulumEnv, PendulumParams, observation, sample_initial_state, sample_params
-from research.harness import RunContext, Writer, make_scheduler, staggered_start
+from research.envs import PendulumEnv, PendulumParams, observation
+from research.harness import RunContext, Writer, make_scheduler, redraw_finished, staggered_start
 from research.policies import SquashedMLP, make_actor, make_policy
 from research.rollout import RolloutState, fused_rollout, initial_state
 
@@ -126,36 +126,39 @@ class BPTT:
     def __init__(self, config: BPTTConfig, run: RunContext) -> None:
         self.config, self.run = config, run
         self.iterations = config.iterations
-        self.policy = make_policy(config.hidden_sizes, config.activation, device=run.device, dtype=run.dtype)
+        self.physics = run.physics
+        self.policy = make_policy(config.hidden_sizes, config.activation, self.physics.max_torque, device=run.device,
+                                  dtype=run.dtype)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.scheduler = make_scheduler(self.optimizer, config.lr_schedule, config.iterations,
                                         config.lr_final_fraction)
         self.guard = run.guard("BPTT update")
-        self.env = (PendulumEnv(device=run.device, dtype=run.dtype, seed=config.seed)
+        self.env = (PendulumEnv(device=run.device, dtype=run.dtype, seed=config.seed, physics=self.physics)
                     if config.rollout == "env" else None)
-        self.ranges = {k: tuple(v) for k, v in config.env.param_ranges.items()}
         self.batch = (config.num_envs,)
-        self.params = sample_params(self.batch, self.ranges, generator=run.generator, device=run.device,
-                                    dtype=run.dtype)
-        self.carried = (staggered_start(config.num_envs, config.env.episode_length, run.generator, run.device,
-                                        run.dtype) if config.window else None)
+        self.params = self.physics.params(self.batch, run.generator, run.device, run.dtype)
+        self.carried = (staggered_start(config.num_envs, config.env.episode_length, self.physics, run.generator,
+                                        run.device, run.dtype, self.params) if config.window else None)
 
     def rollout_rewards(self) -> Tensor:
         """Rewards ``[B, H]`` (or ``[B, K]`` in truncated mode) of one differentiable rollout of the policy."""
         config, run = self.config, self.run
+        features = self.physics.features
         if config.window:
             rollout = fused_rollout(self.policy, self.carried, self.params, config.window,
-                                    episode_length=config.env.episode_length, generator=run.generator)
+                                    episode_length=config.env.episode_length, generator=run.generator,
+                                    features=features, keep_trajectory=bool(self.physics.ranges))
             self.carried = RolloutState(*(t.detach() for t in rollout.state))
+            if self.physics.ranges:
+                self.params = redraw_finished(self.params, self.physics, rollout.truncated.any(-1), run.generator)
             return rollout.rewards
-        if self.ranges:
-            self.params = sample_params(self.batch, self.ranges, generator=run.generator, device=run.device,
-                                        dtype=run.dtype)
-        th, thdot = sample_initial_state(self.batch, run.generator, run.device, run.dtype)
+        if self.physics.ranges:
+            self.params = self.physics.params(self.batch, run.generator, run.device, run.dtype)
+        th, thdot = self.physics.initial_state(self.batch, run.generator, run.device, run.dtype, params=self.params)
         if self.env is not None:
             return env_rollout_rewards(self.env, self.policy, th, thdot, self.params, config.horizon)
         return fused_rollout(self.policy, initial_state(th, thdot), self.params, config.horizon,
-                             compile=config.compile).rewards
+                             compile=config.compile, features=features, generator=run.generator).rewards
 
     def step(self, iteration: int) -> dict[str, Tensor | float]:
         rewards = self.rollout_rewards()

@@ -28,7 +28,8 @@ from torchrl.modules import MLP, ValueOperator
 
 from research.config import ConfigError, EvalConfig, RunConfig
 from research.envs import PendulumEnv
-from research.harness import DTYPES, RunContext
+from research.envs.presets import Physics
+from research.harness import DTYPES, RunContext, training_physics
 from research.policies import ACTIVATIONS, Activation
 
 #: Keys a transition keeps in the replay buffer (all the losses read); identical for both backends.
@@ -95,25 +96,30 @@ class OffPolicyConfig(RunConfig):
             raise ConfigError(f"gamma and tau must be in (0, 1], got gamma={self.gamma}, tau={self.tau}")
         if self.updates_per_env_step < 0:
             raise ConfigError(f"updates_per_env_step must be >= 0, got {self.updates_per_env_step}")
-        if self.env.backend == "gymnasium" and (self.env.param_ranges or self.dtype != "float32" or self.num_envs != 1):
-            raise ConfigError("env.backend='gymnasium' runs one env in float32 without env.param_ranges")
+        if self.env.backend == "gymnasium" and (training_physics(self.env).name != "default"
+                                                or training_physics(self.env).fixed or training_physics(self.env).ranges
+                                                or self.dtype != "float32" or self.num_envs != 1):
+            raise ConfigError("env.backend='gymnasium' runs one env of the default physics in float32 (no "
+                              "env.physics, env.params or env.param_ranges)")
 
     @property
     def updates_per_batch(self) -> int:
         return round(self.frames_per_batch * self.updates_per_env_step)
 
 
-def make_environment(config: OffPolicyConfig, device: torch.device) -> EnvBase:
-    """The training env: ``num_envs`` pendulums, truncated at ``env.episode_length`` steps, tracking returns."""
+def make_environment(config: OffPolicyConfig, device: torch.device, physics: Physics | None = None) -> EnvBase:
+    """The training env: ``num_envs`` pendulums of ``physics`` (default: the config's), truncated at
+    ``env.episode_length`` steps, tracking returns."""
+    if physics is None:
+        physics = training_physics(config.env)
     if config.env.backend == "gymnasium":
         from torchrl.envs import GymEnv
 
         base = GymEnv("Pendulum-v1", device=device, max_episode_steps=config.env.episode_length)
         base.set_seed(config.seed)
     else:
-        ranges = {k: tuple(v) for k, v in config.env.param_ranges.items()}
         base = PendulumEnv(device=device, dtype=DTYPES[config.dtype], seed=config.seed,
-                           batch_size=[config.num_envs], param_ranges=ranges, validate=False)
+                           batch_size=[config.num_envs], physics=physics, validate=False)
     # InitTracker feeds the OU noise's reset flag; RewardSum gives the episodic return for the logs.
     return TransformedEnv(base, Compose(StepCounter(max_steps=config.env.episode_length), InitTracker(),
                                         RewardSum()))
@@ -145,7 +151,7 @@ class OffPolicy:
 
     def __init__(self, config: OffPolicyConfig, run: RunContext) -> None:
         self.config, self.run = config, run
-        self.env = make_environment(config, run.device)
+        self.env = make_environment(config, run.device, run.physics)
         self.iterations = config.total_env_steps // config.frames_per_batch
         self.updates = 0
 

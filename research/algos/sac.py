@@ -85,7 +85,8 @@ class SAC(OffPolicy):
 
     def __init__(self, config: SACConfig, run: RunContext) -> None:
         super().__init__(config, run)
-        self.policy = make_policy(config.hidden_sizes, config.activation, device=run.device, dtype=run.dtype)
+        self.policy = make_policy(config.hidden_sizes, config.activation, run.physics.max_torque, device=run.device,
+                                  dtype=run.dtype)
         head = GaussianHead(self.policy).to(device=run.device, dtype=run.dtype)
         max_torque = self.policy.max_torque
         actor = ProbabilisticActor(TensorDictModule(head, in_keys=["observation"], out_keys=["loc", "scale"]),

@@ -45,8 +45,7 @@ from torchrl.objectives.value.functional import td_lambda_return_estimate
 
 from research import harness
 from research.config import ConfigError, RunConfig
-from research.envs import sample_params
-from research.harness import RunContext, SkipGuard, Writer, make_scheduler, staggered_start
+from research.harness import RunContext, SkipGuard, Writer, make_scheduler, redraw_finished, staggered_start
 from research.policies import ACTIVATIONS, Activation, SquashedMLP, make_policy
 from research.rollout import Rollout, RolloutState, fused_rollout
 
@@ -231,7 +230,9 @@ class SHAC:
     def __init__(self, config: SHACConfig, run: RunContext) -> None:
         self.config, self.run = config, run
         self.iterations = config.iterations
-        self.policy = make_policy(config.hidden_sizes, config.activation, device=run.device, dtype=run.dtype)
+        self.physics = run.physics
+        self.policy = make_policy(config.hidden_sizes, config.activation, self.physics.max_torque, device=run.device,
+                                  dtype=run.dtype)
         self.critic = make_critic(config, run.device, run.dtype)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         betas = tuple(config.betas)
@@ -242,11 +243,9 @@ class SHAC:
                            for opt in (self.actor_optimizer, self.critic_optimizer)]
         self.actor_guard = run.guard("SHAC actor update")
         self.critic_guard = run.guard("SHAC critic update")
-        ranges = {k: tuple(v) for k, v in config.env.param_ranges.items()}
-        self.params = sample_params((config.num_envs,), ranges, generator=run.generator, device=run.device,
-                                    dtype=run.dtype)
-        self.carried = staggered_start(config.num_envs, config.env.episode_length, run.generator, run.device,
-                                       run.dtype)
+        self.params = self.physics.params((config.num_envs,), run.generator, run.device, run.dtype)
+        self.carried = staggered_start(config.num_envs, config.env.episode_length, self.physics, run.generator,
+                                       run.device, run.dtype, self.params)
         self.episode_return = torch.zeros(config.num_envs, device=run.device, dtype=run.dtype)
         self.behaviour = noisy_policy(self.policy, config.action_noise, run.generator)
 
@@ -254,8 +253,9 @@ class SHAC:
         config = self.config
         rollout: Rollout = fused_rollout(self.behaviour, self.carried, self.params, config.window,
                                          episode_length=config.env.episode_length, generator=self.run.generator,
-                                         keep_trajectory=True)
+                                         keep_trajectory=True, features=self.physics.features)
         self.carried = RolloutState(*(t.detach() for t in rollout.state))
+        self.params = redraw_finished(self.params, self.physics, rollout.truncated.any(-1), self.run.generator)
         self.run.budget.add_steps(rollout.rewards.numel())
         next_values = self.target_critic(rollout.next_observations).squeeze(-1)
 

@@ -54,7 +54,8 @@ class TD3(OffPolicy):
 
     def __init__(self, config: TD3Config, run: RunContext) -> None:
         super().__init__(config, run)
-        self.policy = make_policy(config.hidden_sizes, config.activation, device=run.device, dtype=run.dtype)
+        self.policy = make_policy(config.hidden_sizes, config.activation, run.physics.max_torque, device=run.device,
+                                  dtype=run.dtype)
         actor = make_actor(self.policy)
         max_torque = self.policy.max_torque
         self.loss_module = TD3Loss(actor, make_critic(config, run.device, run.dtype), num_qvalue_nets=2,
