@@ -1,5 +1,7 @@
 """Measurements on the simulator and its policies, as data: no figures, no reports (those are in ``scripts/``).
 
 - :mod:`research.analysis.gradients`: first-order (BPTT) against zeroth-order (likelihood-ratio) policy gradients
-  against the horizon (``make experiment EXP=gradient_study``).
+  against the horizon (``make experiment EXP=gradient_study``; figures and report: ``scripts/gradient_report.py``).
+- :mod:`research.analysis.optimal`: the optimal-control yardstick, finite-horizon dynamic programming on a
+  ``(th, thdot)`` grid for every physics preset (``make optimal``; report: ``scripts/optimal_report.py``).
 """
