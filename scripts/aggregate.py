@@ -56,6 +56,9 @@ OPTIMAL_SUMMARY = Path("optimal") / "summary.csv"
 #: The protocol's evaluation states, those the yardstick is computed on (``research/evaluation.py``).
 PROTOCOL_EPISODES = 1000
 PROTOCOL_SEED = 1_000_003
+#: ... and its fixed torque noise and parameter draws (``EVAL_NOISE_SEED``, ``EVAL_PARAMS_SEED``).
+PROTOCOL_NOISE_SEED = 1_000_033
+PROTOCOL_PARAMS_SEED = 1_000_037
 
 Optima = dict[str, tuple[float, float]]
 
@@ -78,12 +81,14 @@ def load_optima(path: Path) -> Optima:
 
 def evaluation_physics(run: Run) -> str:
     """The preset the run was scored on (``config.eval.physics``, else ``config.env.physics``, else ``default``),
-    or ``""`` when its evaluation is not the protocol's on that preset (other states, overridden parameters)."""
+    or ``""`` when its evaluation is not the protocol's on that preset (other states, noise or parameter draws, or
+    overridden parameters)."""
     config = run.config.get("config", {})
     env, evaluation = config.get("env") or {}, config.get("eval") or {}
     if int(evaluation.get("episodes", PROTOCOL_EPISODES)) != PROTOCOL_EPISODES:
         return ""
-    if int(evaluation.get("seed", PROTOCOL_SEED)) != PROTOCOL_SEED:
+    seeds = (("seed", PROTOCOL_SEED), ("noise_seed", PROTOCOL_NOISE_SEED), ("params_seed", PROTOCOL_PARAMS_SEED))
+    if any(int(evaluation.get(key, value)) != value for key, value in seeds):
         return ""
     if evaluation.get("physics"):
         return str(evaluation["physics"])

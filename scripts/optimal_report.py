@@ -2,7 +2,7 @@
 
     python scripts/optimal_report.py results/optimal
 
-Every number comes from those two files; this script only formats them (stdlib only).
+Every number comes from those two files; this script only formats them and computes differences (stdlib only).
 """
 
 from __future__ import annotations
@@ -14,14 +14,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+#: The knob each study row varies (``role`` in summary.csv), and how the report names it.
+STUDIES = {"actions": ("actions", "torques"), "noise_nodes": ("noise_nodes", "Gauss-Hermite nodes"),
+           "param_bins": ("param_bins", "parameter bins")}
+
 
 def read_rows(path: Path) -> list[dict]:
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
 
 
-def fmt(text: str, digits: int = 2) -> str:
+def fmt(text: str | float | None, digits: int = 2) -> str:
     return "" if text in ("", None) else f"{float(text):.{digits}f}"
+
+
+def percent(text: str) -> str:
+    return "" if text in ("", None) else f"{100 * float(text):.1f}%"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -36,70 +44,125 @@ def by_physics(rows: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
+def setting(row: dict) -> str:
+    """``401x401 x 11`` (with the noise nodes or parameter bins when they apply)."""
+    text = f"{row['grid']} x {row['actions']}"
+    if int(row.get("noise_nodes") or 0):
+        text += f", {row['noise_nodes']} noise nodes"
+    if int(row.get("param_bins") or 0):
+        text += f", {row['param_bins']} bins"
+    return text
+
+
 def optimum_table(rows: list[dict]) -> list[str]:
     body = []
     for name, group in by_physics(rows).items():
         best = next((r for r in group if r["optimum"] == "1"), None)
         if best is None:
             continue
-        zero = float(best["zero_torque_return_mean"])
-        body.append([f"`{name}`", f"{best['grid']} x {best['actions']}", fmt(best["return_mean"]),
-                     fmt(best["return_median"]), fmt(best["return_min"]), f"{100 * float(best['success_rate']):.1f}%",
-                     fmt(best["dp_value_mean"]), fmt(str(zero)), fmt(best["seconds"], 1)])
-    return markdown_table(["physics", "grid x torques", "return mean", "median", "worst", "upright at the end",
-                           "DP estimate V_0", "zero torque", "seconds"], body)
+        kind = "clairvoyant" if best["bound"] == "clairvoyant" else "lower bound"
+        body.append([f"`{name}`", kind, setting(best), fmt(best["return_mean"]), fmt(best["return_median"]),
+                     fmt(best["return_min"]), percent(best["success_rate"]), fmt(best["dp_value_mean"]),
+                     fmt(best["zero_torque_return_mean"]), fmt(best["seconds"], 1)])
+    return markdown_table(["physics", "yardstick", "grid x torques", "return mean", "median", "worst",
+                           "success", "DP estimate V_0", "zero torque", "seconds"], body)
 
 
 def refinement_tables(rows: list[dict]) -> list[str]:
     lines = []
     for name, group in by_physics(rows).items():
-        refinement = [r for r in group if r["role"] == "refinement"]
-        if len(refinement) < 2:
-            continue
-        body, means = [], []
-        for row in refinement:
-            means.append(float(row["return_mean"]))
-            change = "" if len(means) == 1 else f"{means[-1] - means[-2]:+.2f}"
-            body.append([row["grid"], row["actions"], fmt(row["return_mean"]), change, fmt(row["return_median"]),
-                         fmt(row["return_min"]), fmt(row["dp_value_mean"]), fmt(row["solve_seconds"], 1)])
-        lines += [f"### `{name}`", ""]
-        lines += markdown_table(["grid", "torques", "return mean", "change", "median", "worst", "DP estimate V_0",
-                                 "solve (s)"], body)
-        steps = [b - a for a, b in zip(means, means[1:], strict=False)]
-        trend = "rises with every refinement" if all(d >= 0 for d in steps) else "does not rise monotonically"
-        lines += ["", f"The mean return {trend}; the two finest grids ({refinement[-2]['grid']}, "
-                      f"{refinement[-1]['grid']}) differ by {abs(steps[-1]):.2f}.", ""]
+        for role, title in (("refinement", ""), ("clairvoyant", ", clairvoyant")):
+            series = [r for r in group if r["role"] == role]
+            if len(series) < 2:
+                continue
+            body, means = [], []
+            for row in series:
+                means.append(float(row["return_mean"]))
+                change = "" if len(means) == 1 else f"{means[-1] - means[-2]:+.2f}"
+                body.append([setting(row), fmt(row["return_mean"]), change, fmt(row["return_median"]),
+                             fmt(row["return_min"]), fmt(row["dp_value_mean"]), fmt(row["solve_seconds"], 1)])
+            lines += [f"### `{name}`{title}", ""]
+            lines += markdown_table(["grid x torques", "return mean", "change", "median", "worst", "DP estimate V_0",
+                                     "solve (s)"], body)
+            steps = [b - a for a, b in zip(means, means[1:], strict=False)]
+            trend = "rises with every refinement" if all(d >= 0 for d in steps) else "does not rise monotonically"
+            lines += ["", f"The mean return {trend}; the two finest grids ({series[-2]['grid']}, "
+                          f"{series[-1]['grid']}) differ by {abs(steps[-1]):.2f}.", ""]
     return lines
 
 
-def actions_table(rows: list[dict]) -> list[str]:
-    study = [r for r in rows if r["role"] == "actions"]
-    if not study:
+def study_tables(rows: list[dict]) -> list[str]:
+    """Each study (torques, noise nodes, parameter bins) beside the row of the same grid it varies."""
+    lines = []
+    for role, (column, label) in STUDIES.items():
+        study = [r for r in rows if r["role"] == role]
+        if not study:
+            continue
+        physics, grid = study[0]["physics"], study[0]["grid"]
+        base = "clairvoyant" if role == "param_bins" else "refinement"
+        same = [r for r in rows if r["physics"] == physics and r["grid"] == grid and r["role"] == base]
+        table = sorted(same + study, key=lambda r: int(r[column] or 0))
+        body = [[r[column], fmt(r["return_mean"], 3), fmt(r["return_median"], 3), fmt(r["return_min"], 3),
+                 fmt(r["solve_seconds"], 1)] for r in table]
+        lines += [f"### {label.capitalize()} (`{physics}`, {grid})", ""]
+        lines += markdown_table([label, "return mean", "median", "worst", "solve (s)"], body) + [""]
+    return lines
+
+
+def randomized_note(rows: list[dict]) -> list[str]:
+    lines = []
+    for name, group in by_physics(rows).items():
+        nominal = [r for r in group if r["bound"] == "lower"]
+        clairvoyant = [r for r in group if r["bound"] == "clairvoyant"]
+        if not (nominal and clairvoyant):
+            continue
+        best_nominal = max(nominal, key=lambda r: float(r["return_mean"]))
+        best = max(clairvoyant, key=lambda r: float(r["return_mean"]))
+        lines += [
+            f"`{name}` draws its parameters per episode, so there is no one DP. Two references, on the evaluator's "
+            "1000 fixed draws: the **nominal** DP (solved at the nominal parameters) played without knowing the "
+            f"draw reaches {fmt(best_nominal['return_mean'])} (worst episode {fmt(best_nominal['return_min'])}), an "
+            "achievable lower bound for a policy that is not told the parameters, and a loose one; the "
+            f"**clairvoyant** policy reaches {fmt(best['return_mean'])} (worst {fmt(best['return_min'])}): one DP "
+            "per cell of parameter bins (each ranged parameter's interval cut into equal bins, the DP solved at the "
+            "cell's centre), whose greedy choices use each episode's own parameters. It is achievable by a policy "
+            "told the parameters, so a lower bound on the clairvoyant optimum, which bounds in expectation what any "
+            "policy that is not told them can reach. The reports' yardstick for this physics is the clairvoyant "
+            "one: a normalised score near 1 means the learned policy adapts to the draw as well as knowing it.",
+            "",
+        ]
+    return lines
+
+
+def noisy_note(rows: list[dict]) -> list[str]:
+    noisy = sorted({r["physics"] for r in rows if int(r.get("noise_nodes") or 0)})
+    if not noisy:
         return []
-    grids = {r["grid"] for r in study}
-    physics = study[0]["physics"]
-    same_grid = [r for r in rows if r["physics"] == physics and r["grid"] in grids and r["role"] != "actions"]
-    body = [[r["grid"], r["actions"], fmt(r["return_mean"], 3), fmt(r["return_median"], 3), fmt(r["return_min"], 3),
-             fmt(r["solve_seconds"], 1)]
-            for r in sorted(same_grid + study, key=lambda r: (r["grid"], int(r["actions"])))]
-    return [f"### Torque set (`{physics}`)", ""] + markdown_table(
-        ["grid", "torques", "return mean", "median", "worst", "solve (s)"], body) + [""]
+    names = ", ".join(f"`{n}`" for n in noisy)
+    return [f"{names}: the torque noise enters the DP as an expectation, `V_t(s) = max_u sum_k w_k [r(s, u) + "
+            "V_{t+1}(f(s, u, eps_k))]` over Gauss-Hermite nodes `eps_k` of the standard normal (the step scales them "
+            "by `torque_noise`), and the greedy policy is rolled out with the evaluator's fixed noise (noise seed "
+            "1000033), the noise every method meets. Its mean is one sample of the policy's expected return: a "
+            "lucky policy can score above it on that noise, but no policy's expected return is above the optimum.",
+            ""]
 
 
 def render(rows: list[dict], config: dict) -> str:
-    refinement = [r for r in rows if r["role"] == "refinement"]
     lines = [
         "# The optimal-control yardstick",
         "",
         "Finite-horizon dynamic programming on a `(th, thdot)` grid (`research/analysis/optimal.py`): backward value "
         "iteration over the 200 steps of an episode, `V_200 = 0`, `V_t(s) = max_u E[r(s, u) + V_{t+1}(f(s, u))]`, "
         "with the library's own `pendulum_step` as `f` and `r`, `V_{t+1}` interpolated bilinearly between the nodes "
-        "(periodic in `th`; `thdot` on `[-8, 8]`) and a set of torques evenly spaced over `[-2, 2]`. The return "
-        "reported is that of the **greedy time-varying policy** (at step `t`, the torque of the set that maximises "
-        "`r + V_{t+1}` at the current state) rolled out in the exact physics from the evaluator's 1000 fixed "
-        "initial states (`docs/protocol.md`). It is a policy anyone could run, so each return is achievable: a "
-        "**lower bound on the optimum**, tightened by finer grids. `DP estimate V_0` is the value table itself "
-        "interpolated at the initial states: an estimate, not a bound (interpolation errs both ways).",
+        "(periodic in `th`, or on the wall's range `[phi - 2 pi, phi]`, widened past a soft wall; `thdot` on "
+        "`[-max_speed, max_speed]`) and torques evenly spaced over `[-max_torque, max_torque]`, the action space. "
+        "The return reported is that of the **greedy time-varying policy** (at step `t`, the torque of the set that "
+        "maximises `r + V_{t+1}` at the current state) rolled out in the exact physics from the evaluator's 1000 "
+        "fixed initial states, with its parameter draws and torque noise (`docs/protocol.md`). It is a policy anyone "
+        "could run, so each return is achievable: a **lower bound on the optimum**, tightened by finer grids. "
+        "`DP estimate V_0` is the value table itself interpolated at the initial states: an estimate, not a bound "
+        "(interpolation errs both ways). Success: the evaluator's (ending within 0.5 rad of upright, slower than "
+        "1 rad/s).",
         "",
         "## Optimum per physics",
         "",
@@ -107,24 +170,25 @@ def render(rows: list[dict], config: dict) -> str:
     lines += optimum_table(rows)
     lines += [
         "",
-        "The row used for each physics is its best return (`optimum = 1` in `summary.csv`): every row is an "
-        "achievable policy, so the best of them is the tightest lower bound. `zero torque`: the evaluator's return of "
-        "never pushing, `R_zero`. Experiment reports add `gap_to_optimum = R_opt - R` and `normalized_score = "
-        "(R - R_zero) / (R_opt - R_zero)` per run (`scripts/aggregate.py`).",
-        "",
-        "## Grid refinement",
+        "Each physics' yardstick is its best row (`optimum = 1` in `summary.csv`): every row is an achievable policy, "
+        "so the best of them is the tightest lower bound (for a randomised physics, the best clairvoyant row, below). "
+        "`zero torque`: the evaluator's return of never pushing, `R_zero`. Experiment reports add "
+        "`gap_to_optimum = R_opt - R` and `normalized_score = (R - R_zero) / (R_opt - R_zero)` per run "
+        "(`scripts/aggregate.py`).",
         "",
     ]
-    if refinement:
-        lines += ["`change`: the mean return against the next coarser grid (same torque set).", ""]
+    lines += randomized_note(rows) + noisy_note(rows)
+    lines += ["## Grid refinement", "", "`change`: the mean return against the next coarser grid (same torques).", ""]
     lines += refinement_tables(rows)
-    lines += actions_table(rows)
+    studies = study_tables(rows)
+    if studies:
+        lines += ["## Other discretisations", ""] + studies
     lines += ["## Setup", ""]
     commit = str(config.get("git_commit"))
     lines += [f"- Code: git commit `{commit}`" + (" (the working tree had uncommitted changes)"
                                                   if commit.endswith("-dirty") else "")]
-    lines += [f"- Machine: {config.get('device', 'unknown')}, {config.get('torch_threads', '?')} torch threads; "
-              f"total {float(config.get('seconds', 0)):.0f} s"]
+    lines += [f"- Machine: {config.get('device', 'unknown')}, {config.get('torch_threads', '?')} torch thread(s); "
+              f"all solves and rollouts together {float(config.get('seconds', 0)):.0f} s"]
     versions = config.get("versions", {})
     if versions:
         lines += ["- Libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
@@ -133,6 +197,8 @@ def render(rows: list[dict], config: dict) -> str:
     physics = argv[argv.index("--physics") + 1:] if "--physics" in argv else []
     physics = physics[:next((i for i, a in enumerate(physics) if a.startswith("--")), len(physics))]
     make = "make optimal" + (f' PHYSICS="{" ".join(physics)}"' if physics else "")
+    if "--grids" in argv:  # not the default plan: only the command itself reproduces it
+        make = f"python -m research.analysis.optimal {' '.join(argv)}"
     lines += ["## Regenerate", "", "```bash", make, "```", ""]
     return "\n".join(lines)
 

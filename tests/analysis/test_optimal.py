@@ -15,21 +15,27 @@ import torch
 from research.analysis.optimal import (
     SUMMARY_COLUMNS,
     Backup,
+    Solve,
     StateGrid,
+    clairvoyant_returns,
+    default_plan,
     evaluate_solution,
     evaluation_setup,
     gauss_hermite,
     main,
-    preset_names,
+    run_plan,
     solve_optimal,
+    summary_csv,
     zero_torque_return,
 )
 from research.envs.physics import PendulumParams, angle_normalize, pendulum_step
+from research.envs.presets import PRESETS
 from research.evaluation import evaluate_policy, evaluation_states
 from research.policies import load_policy
 
 EPISODES = 200  # of the 1000 evaluation states: enough to compare policies, fast
 TRAINED = Path(__file__).resolve().parents[2] / "results" / "pendulum_compare"
+REPORT_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "optimal_report.py"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -170,14 +176,51 @@ def test_refined_torques_never_lower_the_greedy_q(coarse):
     assert refined.abs().max() <= 2.0
 
 
-def test_every_deterministic_preset_beats_zero_torque():
-    for name in preset_names():
-        solution = solve_optimal(name, grid=(31, 31), actions=5)
+def test_every_preset_beats_zero_torque_and_the_evaluator_agrees():
+    """On every preset, the greedy policy beats never pushing, and the shared evaluator, fed the same time-varying
+    policy from observations, scores what :func:`evaluate_solution` reports (same states, draws and noise)."""
+    for name in PRESETS:
+        solution = solve_optimal(name, grid=(31, 31), actions=5, noise_nodes=3)
         th, thdot, params, noise = evaluation_setup(name, 50)
-        assert not solution.grid.periodic == math.isfinite(float(getattr(params, "wall_angle", math.inf)[0]))
-        assert ((th >= solution.grid.th_lo - 1e-6) | solution.grid.periodic).all()
-        dp = evaluate_solution(solution, 50)["return_mean"]
-        assert dp > zero_torque_return(name, 50)["return_mean"], name
+        has_wall = math.isfinite(float(params.wall_angle[0]))
+        assert solution.grid.periodic != has_wall and (noise is not None) == (name == "noisy")
+        if has_wall:
+            assert (th >= solution.grid.th_lo - 1e-6).all() and (th <= solution.grid.th[-1] + 1e-6).all()
+        stats = evaluate_solution(solution, 50)
+        assert stats["return_mean"] > zero_torque_return(name, 50)["return_mean"], name
+        if name != "wall_soft":  # an observation cannot tell a soft wall's penetration from the other face
+            via_evaluator = evaluate_policy(solution.time_varying_policy(), num_episodes=50, physics=name)
+            assert via_evaluator["return_mean"] == pytest.approx(stats["return_mean"], abs=0.05), name
+
+
+def test_clairvoyant_policy_knows_each_draw():
+    returns, th, thdot, seconds = clairvoyant_returns("randomized", grid=(31, 31), actions=5, bins=2,
+                                                      num_episodes=40)
+    assert returns.shape == th.shape == (40,) and seconds > 0
+    nominal = evaluate_solution(solve_optimal("randomized", grid=(31, 31), actions=5), 40)["return_mean"]
+    assert returns.double().mean().item() > nominal  # told the parameters, it does better than one nominal policy
+
+
+def test_default_plan_and_the_optimum_rows(tmp_path):
+    plan = default_plan()
+    assert {item.physics for item in plan} == set(PRESETS)
+    assert [item.grid[0] for item in plan if item.physics == "default" and item.role == "refinement"] == [
+        101, 201, 401, 801, 1201]
+    assert all(item.noise_nodes == 7 for item in plan if item.physics == "noisy" and item.role == "refinement")
+    rows = run_plan([Solve("randomized", (15, 15), 5), Solve("randomized", (15, 15), 5, role="clairvoyant", bins=2),
+                     Solve("noisy", (15, 15), 5, noise_nodes=3), Solve("noisy", (21, 21), 5, noise_nodes=3)],
+                    num_episodes=20, quiet=True)
+    assert [r["bound"] for r in rows] == ["lower", "clairvoyant", "lower", "lower"]
+    assert [r["noise_nodes"] for r in rows] == [0, 0, 3, 3]
+    optimum = {r["physics"]: r for r in rows if r["optimum"] == 1}
+    assert optimum["randomized"]["role"] == "clairvoyant"  # the yardstick of a randomised physics
+    assert optimum["noisy"]["return_mean"] == max(r["return_mean"] for r in rows if r["physics"] == "noisy")
+    assert math.isnan(optimum["randomized"]["dp_value_mean"])
+    (tmp_path / "summary.csv").write_text(summary_csv(rows))
+    subprocess.run([sys.executable, str(REPORT_SCRIPT), str(tmp_path)], check=True, capture_output=True)
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "| `randomized` | clairvoyant |" in report and "| `noisy` | lower bound |" in report
+    assert "### `noisy`" in report and "Gauss-Hermite" in report and "**clairvoyant** policy reaches" in report
 
 
 def test_gauss_hermite_integrates_normal_moments():
@@ -189,24 +232,25 @@ def test_gauss_hermite_integrates_normal_moments():
 
 def test_command_line_writes_the_summary(tmp_path):
     out = tmp_path / "optimal"
-    assert main(["--physics", "default", "--grids", "15", "25", "--actions", "5", "--action-study", "7", "--study-grid", "15",
-                 "--episodes", "20", "--out", str(out), "--quiet"]) == 0
+    assert main(["--physics", "default", "weak", "--grids", "15", "25", "--actions", "5", "--episodes", "20",
+                 "--out", str(out), "--quiet"]) == 0
     with (out / "summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == SUMMARY_COLUMNS
-    assert [(r["grid"], r["actions"], r["role"]) for r in rows] == [
-        ("15x15", "5", "refinement"), ("25x25", "5", "refinement"), ("15x15", "7", "actions")]
-    assert sum(int(r["optimum"]) for r in rows) == 1
-    best = max(rows, key=lambda r: float(r["return_mean"]))
+    assert [(r["physics"], r["grid"], r["actions"], r["role"]) for r in rows] == [
+        ("default", "15x15", "5", "refinement"), ("default", "25x25", "5", "refinement"),
+        ("weak", "15x15", "5", "refinement"), ("weak", "25x25", "5", "refinement")]
+    assert sum(int(r["optimum"]) for r in rows) == 2
+    best = max(rows[:2], key=lambda r: float(r["return_mean"]))
     assert best["optimum"] == "1"
     for row in rows:
         assert float(row["zero_torque_return_mean"]) < float(row["return_mean"]) <= 0
         assert float(row["return_min"]) <= float(row["return_median"]) and float(row["seconds"]) > 0
     assert (out / "config.json").is_file()
-    script = Path(__file__).resolve().parents[2] / "scripts" / "optimal_report.py"
-    subprocess.run([sys.executable, str(script), str(out)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(REPORT_SCRIPT), str(out)], check=True, capture_output=True)
     report = (out / "REPORT.md").read_text()
-    assert "| `default` | 25x25 x 5 |" in report or "| `default` | 15x15 x 7 |" in report
+    assert "| `default` | lower bound | 25x25 x 5 |" in report or "| `default` | lower bound | 15x15 x 5 |" in report
+    assert "python -m research.analysis.optimal --physics default weak --grids 15 25" in report
     assert "## Grid refinement" in report and "git commit" in report
 
 

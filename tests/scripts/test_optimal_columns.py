@@ -55,6 +55,7 @@ def test_gap_and_normalized_score_per_run_and_per_algorithm(scripts, tmp_path):
     write_run(exp, "weak_env", 0, -300.0, env={"physics": "weak"})
     write_run(exp, "tweaked", 0, -150.0, env={"physics": "default", "params": {"damping": 0.2}})
     write_run(exp, "few_states", 0, -150.0, evaluation={"episodes": 100})
+    write_run(exp, "other_noise", 0, -150.0, evaluation={"episodes": 1000, "noise_seed": 7})
     write_run(exp, "scored_on_weak", 0, -250.0, env={"physics": "default"}, evaluation={"physics": "weak"})
     write_run(exp, "old_config", 0, -150.0, env={})
     assert scripts.aggregate.main([str(exp)]) == 0
@@ -66,7 +67,7 @@ def test_gap_and_normalized_score_per_run_and_per_algorithm(scripts, tmp_path):
     assert float(runs[("weak_env", "0")]["optimum"]) == -243.0
     assert float(runs[("scored_on_weak", "0")]["optimum"]) == -243.0  # eval.physics decides
     assert float(runs[("old_config", "0")]["optimum"]) == OPTIMUM  # no env.physics: the default physics
-    for algo in ("tweaked", "few_states"):  # no protocol evaluation on a preset: no optimum
+    for algo in ("tweaked", "few_states", "other_noise"):  # no protocol evaluation on a preset: no optimum
         assert runs[(algo, "0")]["optimum"] == runs[(algo, "0")]["normalized_score"] == ""
     summary = {r["algo"]: r for r in read(exp / "summary.csv")}
     assert float(summary["good"]["gap_to_optimum"]) == pytest.approx(OPTIMUM + 155.0)
