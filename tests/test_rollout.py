@@ -54,8 +54,3 @@ def test_discounted_sum_matches_loop():
     rewards = torch.tensor([[1.0, 2.0, 3.0]])
     assert discounted_sum(rewards, 0.5).item() == pytest.approx(1 + 2 * 0.5 + 3 * 0.25)
 
-
-def test_horizon_loss_is_weighted_mean_reward():
-    rewards = torch.full((4, 10), -2.0)
-    assert horizon_loss(rewards, 0.9).item() == pytest.approx(2.0)
-    assert horizon_loss(rewards, 1.0).item() == pytest.approx(2.0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import research
-from research.algos.bptt import BPTTConfig, train_bptt
+from research.algos.bptt import BPTTConfig, horizon_loss, train_bptt
 from research.config import EnvConfig, EvalConfig
 from research.harness import NonFiniteUpdateError
 from research.runs import RunWriter
@@ -101,3 +101,13 @@ def test_bptt_on_cuda():
     config = BPTTConfig(device="cuda", iterations=3, num_envs=16, horizon=10, eval=TINY_EVAL)
     summary = train_bptt(config, quiet=True)
     assert summary["env_steps"] == 480
+
+
+def test_horizon_loss_is_weighted_mean_reward():
+    rewards = torch.full((4, 10), -2.0)
+    assert horizon_loss(rewards, 0.9).item() == pytest.approx(2.0)
+    assert horizon_loss(rewards, 1.0).item() == pytest.approx(2.0)
+    # the weights decay: a reward at t = 0 counts more than one at t = 9
+    early, late = torch.zeros(1, 10), torch.zeros(1, 10)
+    early[0, 0], late[0, 9] = -1.0, -1.0
+    assert horizon_loss(early, 0.9).item() > horizon_loss(late, 0.9).item() > 0
