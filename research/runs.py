@@ -32,12 +32,15 @@ __all__ = ["RunWriter", "device_description", "git_commit", "library_versions", 
 
 
 def git_commit() -> str | None:
-    """The current commit of the repository holding this package (with ``-dirty`` when modified), or ``None``."""
+    """The current commit of the repository holding this package (with ``-dirty`` when code outside ``results/`` is
+    modified), or ``None``."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True,
                                 timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        # results/ is what runs write, not code: regenerating a committed result in place is not a dirty tree
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               cwd=root,
                                capture_output=True, text=True, check=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
