@@ -1,0 +1,109 @@
+"""The rollout paths agree: eager ``fused_rollout``, ``fused_rollout(compile=True)``, ``simulate`` and
+``simulate(compile=True)`` give the same returns (and the two ``fused_rollout`` paths the same policy gradients), on
+Gymnasium's physics and on a knob-heavy variant (the wall preset with damping, smooth friction and torque noise on top,
+one fixed noise block for every path).
+
+The compiled cases are ``slow`` (a cold ``torch.compile`` of a chunk takes tens of seconds on a 2-core CPU); their
+shapes are tiny and shared (8 pendulums, 12 steps: one full chunk of :data:`research.rollout.COMPILE_CHUNK` steps
+and one short one, so chunk boundaries are crossed) to keep the compiles few.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import research.rollout as rollout_module
+from research.envs.presets import Physics, get_physics
+from research.policies import make_policy
+from research.rollout import COMPILE_CHUNK, fused_rollout, initial_state, simulate
+
+BATCH = 8
+HORIZON = COMPILE_CHUNK + 2
+#: Every optional term at once: hard wall at pi/4 (restitution 0.5), damping, smooth Coulomb friction, torque noise.
+KNOBS = {"damping": 0.05, "friction": 0.2, "friction_width": 0.1, "torque_noise": 0.3}
+PHYSICS = {"default": lambda: get_physics("default"), "knobs": lambda: get_physics("wall", overrides=KNOBS)}
+
+
+def _case(physics: Physics, batch: int = BATCH, horizon: int = HORIZON, seed: int = 0):
+    """A policy, start states (in the wall's range with a wall), parameters and a fixed noise block (or None)."""
+    torch.manual_seed(seed)
+    policy = make_policy([8])
+    gen = torch.Generator().manual_seed(seed + 1)
+    params = physics.params((batch,), generator=gen)
+    th, thdot = physics.initial_state((batch,), generator=gen)
+    noise = torch.randn((batch, horizon), generator=gen) if physics.features.noise else None
+    return policy, th, thdot, params, noise
+
+
+def _grads(returns: torch.Tensor, policy: torch.nn.Module) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(returns.sum(), list(policy.parameters())))
+
+
+def _assert_grads_close(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
+    """Float32 gradients of a 12-step return: equal to 1e-4 of the largest gradient entry."""
+    scale = max(g.abs().max().item() for g in expected)
+    assert scale > 0
+    for a, b in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * scale)
+
+
+# ---------------------------------------------------------------------------------------------------- eager paths
+@pytest.mark.parametrize("name", list(PHYSICS))
+def test_simulate_agrees_with_the_eager_rollout(name):
+    physics = PHYSICS[name]()
+    policy, th, thdot, params, noise = _case(physics)
+    eager = fused_rollout(policy, initial_state(th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    assert eager.rewards.shape == (BATCH, HORIZON)
+    sim = simulate(policy, (th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    torch.testing.assert_close(sim.returns, eager.rewards.sum(-1).detach(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(sim.th, eager.state.th.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sim.thdot, eager.state.thdot.detach(), rtol=1e-6, atol=1e-6)
+    # features read from the parameters (one host sync) and tiles smaller than the batch change nothing
+    tiled = simulate(policy, (th, thdot), params, HORIZON, noise=noise, tile=3)
+    torch.testing.assert_close(tiled.returns, sim.returns, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(PHYSICS))
+def test_simulate_through_onednn_agrees_with_the_eager_rollout(name, monkeypatch):
+    """The oneDNN ``linear + activation`` kernels (used from ``ONEDNN_MIN_BATCH`` rows on), forced at 8 rows."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    physics = PHYSICS[name]()
+    policy, th, thdot, params, noise = _case(physics)
+    monkeypatch.setattr(rollout_module, "ONEDNN_MIN_BATCH", 1)
+    assert rollout_module._use_onednn(policy, BATCH, th)
+    eager = fused_rollout(policy, initial_state(th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    sim = simulate(policy, (th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    torch.testing.assert_close(sim.returns, eager.rewards.sum(-1).detach(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(sim.th, eager.state.th.detach(), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- compiled paths
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PHYSICS))
+def test_compiled_rollout_agrees_with_eager_on_returns_and_gradients(name):
+    physics = PHYSICS[name]()
+    policy, th, thdot, params, noise = _case(physics)
+    start = initial_state(th, thdot)
+    eager = fused_rollout(policy, start, params, HORIZON, features=physics.features, noise=noise)
+    compiled = fused_rollout(policy, start, params, HORIZON, features=physics.features, noise=noise, compile=True)
+    assert compiled.rewards.shape == eager.rewards.shape == (BATCH, HORIZON)
+    torch.testing.assert_close(compiled.rewards, eager.rewards, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled.state.th, eager.state.th, rtol=1e-5, atol=1e-5)
+    assert torch.equal(compiled.state.step_count, eager.state.step_count)
+    _assert_grads_close(_grads(compiled.rewards.sum(-1), policy), _grads(eager.rewards.sum(-1), policy))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PHYSICS))
+def test_compiled_simulate_agrees_with_eager_paths(name):
+    physics = PHYSICS[name]()
+    policy, th, thdot, params, noise = _case(physics)
+    eager = fused_rollout(policy, initial_state(th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    sim = simulate(policy, (th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    compiled = simulate(policy, (th, thdot), params, HORIZON, features=physics.features, noise=noise, compile=True)
+    torch.testing.assert_close(compiled.returns, eager.rewards.sum(-1).detach(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(compiled.returns, sim.returns, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(compiled.th, sim.th, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled.thdot, sim.thdot, rtol=1e-5, atol=1e-5)
