@@ -6,7 +6,7 @@ Gymnasium's physics; on a physics variant (:mod:`research.envs.presets`) the sam
 the wall's range when there is a wall), parameters drawn per episode (``randomized``) come from a fixed parameter
 seed, and torque noise (``noisy``) from a fixed noise seed, so every method meets the same pendulums and the same
 noise. States, parameters and noise are drawn on the CPU in float64 and then cast, so every device and dtype sees
-the same values.
+the same values. The episodes run on :func:`research.rollout.simulate`, the gradient-free rollout.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from research.envs.physics import (
 )
 from research.envs.presets import Physics, get_physics
 from research.policies import as_tensor_policy
-from research.rollout import fused_rollout, initial_state
+from research.rollout import simulate
 
 #: Seed of the evaluation states. Training seeds are small integers; trainers refuse this one.
 EVAL_SEED = 1_000_003
@@ -183,12 +183,14 @@ def evaluate_policy(
     if isinstance(policy, nn.Module):
         policy.eval()
     try:
-        rollout = fused_rollout(as_tensor_policy(policy), initial_state(th, thdot), params, horizon,
-                                features=physics.features, noise=noise)
+        # The gradient-free path: returns and final states only, oneDNN kernels for an MLP on CPU (about 2x faster
+        # than the eager fused_rollout at 1000 x 200 steps); the same returns as fused_rollout(...).rewards.sum(-1),
+        # bit for bit where both run the same kernels (tests/test_rollout_paths.py). One tile: the policy is called
+        # once per step on every episode, as a rollout calls it (a policy may count its calls).
+        returns, final_th, final_thdot = simulate(as_tensor_policy(policy), (th, thdot), params, horizon,
+                                                  features=physics.features, noise=noise, tile=max(num_episodes, 1))
     finally:
         if was_training:
             policy.train()
-    returns = rollout.rewards.sum(-1)
-    final_th, final_thdot = rollout.state.th, rollout.state.thdot
     upright = is_upright(final_th, final_thdot, SUCCESS_ANGLE, SUCCESS_SPEED)
     return summarize_returns(returns, upright, final_th)

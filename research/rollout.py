@@ -1,8 +1,9 @@
 """Fused rollouts: the policy and the pure physics in one tensor loop, with no per-step tensordict overhead.
 
-This is the default path of every differentiable trainer and of the evaluator. It calls the same
-:func:`research.envs.physics.pendulum_step` as :class:`research.envs.PendulumEnv`, so both paths give identical
-rewards and gradients (``tests/test_rollout.py`` checks it).
+This is the default path of every differentiable trainer (the evaluator runs its gradient-free twin,
+:func:`simulate`). It calls the same :func:`research.envs.physics.pendulum_step` as
+:class:`research.envs.PendulumEnv`, so both paths give identical rewards and gradients (``tests/test_rollout.py``
+checks it).
 
 Episodes can be truncated inside a rollout: with ``episode_length`` set, every environment whose step counter reaches
 it is reset to a fresh state drawn from Gymnasium's reset distribution (the gradient chain is cut there, as in a
@@ -15,16 +16,18 @@ one host sync. Torque noise (``torque_noise > 0``) takes one standard-normal sam
 whole ``[*B, H]`` block is drawn at the start of the rollout from ``noise_generator`` (default: ``generator``), or
 passed in as ``noise=`` (the evaluator does, so every method meets the same noise).
 
-Two faster variants of the same loop (``tests/benchmarks`` measures them; results agree with the eager loop to float
-tolerance, not bit for bit):
+Two faster variants of the same loop (``tests/benchmarks`` measures them; ``tests/test_rollout_paths.py`` checks
+that their results agree with the eager loop to float tolerance; in general not bit for bit):
 
 - ``fused_rollout(..., compile=True)`` runs the steps in ``torch.compile``-d chunks: policy and physics of ``chunk``
   steps become one graph, forward and backward, so a step costs a few fused kernels instead of ~30 eager ops. On CPU
   the chunks use Inductor's C++ wrapper and its exp-based ``tanh`` (Sleef's is several times slower here).
-- :func:`simulate` is the gradient-free path (evaluation, throughput): it keeps only the running return, no
-  per-step tensors, feeds large batches through in cache-sized tiles, and on CPU runs a :class:`SquashedMLP` through
-  oneDNN's fused ``linear + activation`` kernels (MKL's ``sgemm`` and ``tanh`` take a slow generic path on AMD CPUs).
-  On CUDA its compiled chunks are captured as CUDA graphs.
+- :func:`simulate` is the gradient-free path (the evaluator, throughput): no autograd graph, only the rewards and
+  the state kept, large batches fed through in cache-sized tiles, and on CPU a :class:`SquashedMLP` run through
+  oneDNN's fused ``linear + activation`` kernels from :data:`ONEDNN_MIN_BATCH` rows on (MKL's ``sgemm`` and ``tanh``
+  take a slow generic path on AMD CPUs). Its returns are summed as ``fused_rollout(...).rewards.sum(-1)`` sums
+  them, so where both run the same kernels (eager, one tile, below :data:`ONEDNN_MIN_BATCH` rows) they agree
+  bit for bit. On CUDA its compiled chunks are captured as CUDA graphs.
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ COMPILE_CHUNK = 10
 #: Rows per tile in :func:`simulate`: a tile's activations (``tile x 64`` floats per layer) stay in L2 cache.
 SIMULATE_TILE = 4096
 #: Below this batch the oneDNN kernels do not pay for their call overhead; the module's own forward is used.
-ONEDNN_MIN_BATCH = 1024
+#: Measured (1 thread, H = 100, eager): oneDNN / module time 2.3x / 1.2x slower at 1 / 64 rows for 3-64-64-1 tanh,
+#: break-even near 128, 1.5x faster at 256 and 2.3x at 1000 (relu 400-300: 1.3x at 64, 1.9x at 256, 2.1x at 1000).
+ONEDNN_MIN_BATCH = 256
 
 
 class RolloutState(NamedTuple):
@@ -349,21 +354,22 @@ def _simulate_steps(
     policy: Policy,
     th: Tensor,
     thdot: Tensor,
-    returns: Tensor,
     params: PendulumParams,
     steps: int,
     onednn: bool,
     features: PhysicsFeatures,
     noise: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """``steps`` gradient-free steps: ``(th, thdot, rewards [N, steps])``, the body of one compiled chunk."""
     constants = step_constants(params, features)
+    rewards = []
     for t in range(steps):
         obs, sin_th = observe(th, thdot)
         action = _onednn_forward(policy, obs) if onednn else policy(obs)
         step_noise = None if noise is None else noise[..., t]
         th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th, noise=step_noise)
-        returns = returns + reward
-    return th, thdot, returns
+        rewards.append(reward)
+    return th, thdot, torch.stack(rewards, dim=-1)
 
 
 @torch.no_grad()
@@ -381,9 +387,11 @@ def simulate(
 ) -> Simulation:
     """Rolls ``policy`` through the pendulum for ``horizon`` steps without gradients and returns only the returns.
 
-    The fast path for evaluation and throughput: no autograd graph, no per-step tensors kept, batches larger than
-    ``tile`` simulated tile by tile (each tile runs all ``horizon`` steps while its activations stay in cache).
-    Agrees with ``fused_rollout(...).rewards.sum(-1)`` to float tolerance.
+    The fast path for evaluation and throughput: no autograd graph, no trajectory kept (each tile's ``[rows, H]``
+    rewards are summed once at its end), batches larger than ``tile`` simulated tile by tile (each tile runs all
+    ``horizon`` steps while its activations stay in cache). Agrees with ``fused_rollout(...).rewards.sum(-1)`` to
+    float tolerance, and bit for bit where both run the same kernels on the same rows (eager, one tile, a policy
+    that is not a :class:`SquashedMLP` or fewer than :data:`ONEDNN_MIN_BATCH` rows, the same noise).
 
     Args:
         policy: ``observation [N, 3] -> action [N, 1]``; a :class:`SquashedMLP` on CPU in float32 runs through
@@ -417,6 +425,7 @@ def simulate(
     if noise is not None:
         noise = rollout_noise(batch, horizon, features, th, noise).reshape(n, horizon)
     steps_fn = _compiled(_simulate_steps, th.device) if compile else _simulate_steps
+    graphs = compile and th.device.type == "cuda"  # _compiled captures CUDA graphs there
     chunk = COMPILE_CHUNK if compile else horizon
     tiles = []
     for lo in range(0, n, tile):
@@ -427,14 +436,18 @@ def simulate(
         else:
             t_noise = noise[rows]
         onednn = _use_onednn(policy, t_th.shape[0], t_th)
-        returns = torch.zeros_like(t_th)
+        rewards = []
         for start in range(0, horizon, chunk):
             stop = min(start + chunk, horizon)
             c_noise = None if t_noise is None else t_noise[:, start:stop]
-            t_th, t_thdot, returns = steps_fn(
-                policy, t_th, t_thdot, returns, t_params, stop - start, onednn, features, c_noise
-            )
+            t_th, t_thdot, c_rewards = steps_fn(policy, t_th, t_thdot, t_params, stop - start, onednn, features, c_noise)
+            # A CUDA graph's outputs are overwritten by its next replay: keep copies of what outlives the call.
+            rewards.append(c_rewards.clone() if graphs else c_rewards)
+        if graphs:
+            t_th, t_thdot = t_th.clone(), t_thdot.clone()
+        # One sum over the tile's [rows, H] rewards, as fused_rollout(...).rewards.sum(-1) sums them (a running sum
+        # would round differently); the tile's rewards are a few hundred kB.
+        returns = (rewards[0] if len(rewards) == 1 else torch.cat(rewards, dim=-1)).sum(-1)
         tiles.append((returns, t_th, t_thdot))
-    # torch.cat copies, so nothing returned aliases a CUDA graph's output buffers.
     returns, th, thdot = (torch.cat([t[i] for t in tiles]).reshape(batch) for i in range(3))
     return Simulation(returns, th, thdot)

@@ -14,7 +14,17 @@ import pytest
 import torch
 
 import research.rollout as rollout_module
+from research.envs.physics import is_upright
 from research.envs.presets import Physics, get_physics
+from research.evaluation import (
+    SUCCESS_ANGLE,
+    SUCCESS_SPEED,
+    evaluate_policy,
+    evaluation_noise,
+    evaluation_params,
+    evaluation_states,
+    summarize_returns,
+)
 from research.policies import make_policy
 from research.rollout import COMPILE_CHUNK, fused_rollout, initial_state, simulate
 
@@ -77,6 +87,39 @@ def test_simulate_through_onednn_agrees_with_the_eager_rollout(name, monkeypatch
     sim = simulate(policy, (th, thdot), params, HORIZON, features=physics.features, noise=noise)
     torch.testing.assert_close(sim.returns, eager.rewards.sum(-1).detach(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(sim.th, eager.state.th.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(PHYSICS))
+def test_simulate_sums_the_returns_as_the_rollout_does(name):
+    """Same kernels on the same rows (eager, one tile, below ONEDNN_MIN_BATCH): the same returns, bit for bit."""
+    physics = PHYSICS[name]()
+    policy, th, thdot, params, noise = _case(physics, horizon=200)
+    with torch.no_grad():
+        eager = fused_rollout(policy, initial_state(th, thdot), params, 200, features=physics.features, noise=noise)
+    sim = simulate(policy, (th, thdot), params, 200, features=physics.features, noise=noise)
+    assert torch.equal(sim.returns, eager.rewards.sum(-1))
+    assert torch.equal(sim.th, eager.state.th) and torch.equal(sim.thdot, eager.state.thdot)
+
+
+@pytest.mark.parametrize("name", ["default", "noisy"])
+def test_the_evaluator_agrees_with_the_eager_rollout_on_the_protocol(name):
+    """evaluate_policy (simulate, oneDNN kernels at 1000 rows) against the eager fused_rollout on the protocol's
+    1000 states, 200 steps, parameters and noise block: the statistics agree to float tolerance."""
+    physics = get_physics(name)
+    torch.manual_seed(0)
+    policy = make_policy([64, 64])
+    params = evaluation_params(physics)
+    th, thdot = evaluation_states(physics=physics, params=params)
+    noise = evaluation_noise(physics)
+    assert (noise is not None) == (name == "noisy")
+    with torch.no_grad():
+        eager = fused_rollout(policy, initial_state(th, thdot), params, 200, features=physics.features, noise=noise)
+    expected = summarize_returns(eager.rewards.sum(-1), is_upright(eager.state.th, eager.state.thdot, SUCCESS_ANGLE,
+                                                                   SUCCESS_SPEED), eager.state.th)
+    result = evaluate_policy(policy, physics=physics)
+    assert result.keys() == expected.keys() and result["episodes"] == 1000
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, rel=1e-5, abs=1e-3), key
 
 
 # ---------------------------------------------------------------------------------------------------- compiled paths
