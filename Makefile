@@ -58,7 +58,7 @@ optimal: ## results/optimal/: the DP optimum of every physics preset (PHYSICS="d
 	$(PYTHON) -m research.analysis.optimal --out $(RESULTS)/optimal --device $(DEVICE) $(if $(PHYSICS),--physics $(PHYSICS))
 	$(PYTHON) scripts/optimal_report.py $(RESULTS)/optimal
 
-bench: ## speed benchmarks, all cores and 1 thread -> results/bench/ (JSON, BENCH.md, throughput plot)
+bench: ## speed benchmarks, all cores and 1 thread -> results/bench/ (peers: the peers extra; BENCH_FULL=1: whole DDPG runs)
 	mkdir -p results/bench
 	$(PYTHON) -m pytest tests/benchmarks -q --benchmark-only --benchmark-json=results/bench/benchmark.json
 	BENCH_THREADS=1 $(PYTHON) -m pytest tests/benchmarks -q --benchmark-only \

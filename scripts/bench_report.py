@@ -2,9 +2,11 @@
 
     python scripts/bench_report.py results/bench/benchmark.json [results/bench/benchmark-1thread.json ...]
 
-For each question (simulation, one BPTT iteration, DDPG's update and collector) a table of every case, then the
-speed-up of our fastest case over each peer at each batch size, the project's speed targets (``docs/protocol.md``)
-checked against the measurements, and a plot of throughput against batch size. Rates are work per call over the
+For each question (simulation, one BPTT iteration, DDPG's update, collector and whole run) a table of every case,
+then the speed-up of our fastest case over each peer at each batch size, the project's speed targets
+(``docs/protocol.md``, and the speed issue's 1.5x over gymnax and Stable-Baselines3) checked against the
+measurements, which optional peers ran (``tests/benchmarks/test_bench_peers.py``, the ``peers`` extra), and a plot
+of throughput against batch size. Rates are work per call over the
 median round. Reads only the JSON files (``extra_info`` of each case is written by ``tests/benchmarks/conftest.py``);
 imports nothing from the project. Several files (e.g. one per thread count) are merged; machine and commit come from
 the first.
@@ -24,9 +26,12 @@ QUESTIONS = {
     "bptt": "One BPTT iteration (rollout H = 100, backward, clip, Adam step; MLP 3-64-64-64-1)",
     "ddpg-update": "One DDPG update (batch 256, [400, 300] networks, soft target update)",
     "ddpg-collector": "One DDPG collector batch (100 transitions, 1 env, noisy actor)",
+    "ddpg-run": "The whole DDPG run (rl-baselines3-zoo recipe, 20k env steps, 1 env; BENCH_FULL=1)",
 }
 #: Cases that are ours; every other case in the same group is a peer.
-OURS = ("fused", "fused-compiled", "simulator")
+OURS = ("fused", "fused-compiled", "simulator", "ddpg-update", "research")
+#: The peers of the optional ``peers`` extra (tests/benchmarks/test_bench_peers.py): case -> what it runs.
+EXTRA_PEERS = {"gymnax": "gymnax (JAX): simulation and BPTT iteration", "sb3": "Stable-Baselines3: DDPG update and run"}
 #: The speed targets of docs/protocol.md: (question, batch, peer or None for an absolute rate, minimum ratio or
 #: env-steps/s, label). ``torchrl-seed`` is the seed recipe's loop (TorchRL's pendulum tutorial).
 TARGETS = [
@@ -34,6 +39,12 @@ TARGETS = [
     ("bptt", 1024, "torchrl-seed", 3.0, "BPTT iteration, fused vs the seed recipe's loop, batch 1024"),
     ("simulate", 4096, None, 2e6, "Simulation, fused, batch 4096 (env-steps/s)"),
     ("simulate", 4096, "gymnasium", 100.0, "Simulation, fused vs Gymnasium's vector env, batch 4096"),
+    # The speed issue's goals against the peers of the ``peers`` extra (rows appear when those peers ran).
+    ("simulate", 64, "gymnax", 1.5, "Simulation vs gymnax (jit + vmap + scan), batch 64"),
+    ("simulate", 4096, "gymnax", 1.5, "Simulation vs gymnax (jit + vmap + scan), batch 4096"),
+    ("bptt", 32, "gymnax", 1.5, "BPTT iteration vs gymnax (jax.grad through the transitions), batch 32"),
+    ("bptt", 1024, "gymnax", 1.5, "BPTT iteration vs gymnax (jax.grad through the transitions), batch 1024"),
+    ("ddpg-run", 1, "sb3", 1.5, "Whole 20k-step DDPG run vs Stable-Baselines3 (zoo recipe)"),
 ]
 COMMAND = "make bench   # pytest tests/benchmarks --benchmark-only, all cores and 1 thread; then this script"
 
@@ -165,10 +176,40 @@ def machine_lines(data: dict, cases: list[dict]) -> list[str]:
     ]
 
 
+def peer_lines(cases: list[dict]) -> list[str]:
+    """Which optional peers ran (with the versions their cases recorded) and which did not."""
+    lines = []
+    for case, what in EXTRA_PEERS.items():
+        ran = [c for c in cases if c["case"] == case]
+        if ran:
+            versions = sorted({c["peer"] for c in ran if c.get("peer")})
+            questions = sorted({c["question"] for c in ran}, key=lambda q: list(QUESTIONS).index(q)
+                               if q in QUESTIONS else len(QUESTIONS))
+            lines.append(f"- peer {what}: ran ({', '.join(versions) or 'version not recorded'}; "
+                         f"{', '.join(questions)})")
+        else:
+            lines.append(f"- peer {what}: did not run (the `peers` extra: `pip install -e \".[peers]\"`)")
+    if not any(c["question"] == "ddpg-run" for c in cases):
+        lines.append("- the whole DDPG runs (`ddpg-run`) did not run: they need `BENCH_FULL=1`")
+    return lines
+
+
+def run_lines(cases: list[dict]) -> list[str]:
+    """The final evaluation return of each whole DDPG run, beside its speed."""
+    runs = sorted((c for c in cases if c["question"] == "ddpg-run" and "return_mean" in c),
+                  key=lambda c: (c["threads"], c["case"]))
+    if not runs:
+        return []
+    lines = ["Final evaluation (the shared evaluator, 1000 states) of each run:", "",
+             "| threads | case | return_mean | wall-clock |", "|---:|---|---:|---:|"]
+    lines += [f"| {c['threads']} | {c['case']} | {c['return_mean']:.1f} | {fmt_time(c['median_s'])} |" for c in runs]
+    return [*lines, ""]
+
+
 def render(data: dict, cases: list[dict], figure: str | None) -> str:
     all_groups = groups(cases)
     lines = ["# Speed benchmarks", "", "Regenerate (overwrites this file, the JSON and the plot):", "",
-             "```bash", COMMAND, "```", "", *machine_lines(data, cases), "",
+             "```bash", COMMAND, "```", "", *machine_lines(data, cases), *peer_lines(cases), "",
              "Times are wall-clock, over the timed rounds after one warm-up round (which includes any "
              "`torch.compile`); rates are work per call divided by the median round. The machine is shared with "
              "other jobs: a burst of theirs can slow a few rounds many times over (compare mean and median), and "
@@ -184,6 +225,8 @@ def render(data: dict, cases: list[dict], figure: str | None) -> str:
         ratios = ratio_table(question_cases)
         if ratios:
             lines += ["Speed-up of our fastest case over each peer (ratio of median times):", "", *ratios, ""]
+        if question == "ddpg-run":
+            lines += run_lines([c for group in question_cases.values() for c in group])
     return "\n".join(lines)
 
 
@@ -232,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{', '.join(map(str, args.json))}: no benchmark of tests/benchmarks", file=sys.stderr)
         return 1
     out = args.out or args.json[0].with_name("BENCH.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
     figure = out.with_name("throughput.png")
     has_figure = plot_throughput(cases, figure)
     out.write_text(render(data, cases, figure.name if has_figure else None) + "\n")
