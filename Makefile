@@ -14,7 +14,7 @@ RESULTS ?= results
 REPORT_STEPS = $(if $(shell grep -qs '^\[gradient_study\]' experiments/$(EXP).toml && echo study),gradient-report,aggregate plot maps report)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint experiment runs aggregate plot maps report render gradient-report optimal bench clean
+.PHONY: help install test test-fast lint experiment runs aggregate plot maps report render gradient-report optimal bench gpu-check clean
 
 help: ## list every target with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ bench: ## speed benchmarks, all cores and 1 thread -> results/bench/ (peers: the
 	BENCH_THREADS=1 $(PYTHON) -m pytest tests/benchmarks -q --benchmark-only \
 		--benchmark-json=results/bench/benchmark-1thread.json
 	$(PYTHON) scripts/bench_report.py results/bench/benchmark.json results/bench/benchmark-1thread.json
+
+gpu-check: ## on a CUDA machine (< 8 min on one H100): CUDA tests, benchmarks, pendulum_compare seed 0 -> results/bench/cuda/
+	PYTHON=$(PYTHON) scripts/gpu_check.sh
 
 clean: ## remove caches (never results)
 	rm -rf .pytest_cache .ruff_cache .benchmarks build *.egg-info

@@ -167,13 +167,23 @@ def machine_lines(data: dict, cases: list[dict]) -> list[str]:
     cpu = machine.get("cpu", {})
     threads = sorted({c["threads"] for c in cases})
     commit_id = commit.get("id", "unknown")[:12] + (" (uncommitted changes)" if commit.get("dirty") else "")
+    gpus = sorted({c["device_name"] for c in cases if c.get("device_name")})
     return [
         f"- run: {data.get('datetime', 'unknown')}, commit {commit_id}",
         f"- machine: {cpu.get('brand_raw', machine.get('processor', 'unknown CPU'))}, "
         f"{cpu.get('count', '?')} logical cores, {machine.get('system', '')} {machine.get('release', '')}, "
-        f"Python {machine.get('python_version', '?')}",
+        f"Python {machine.get('python_version', '?')}" + (f"; GPU: {', '.join(gpus)}" if gpus else ""),
         f"- torch CPU threads per case: {', '.join(map(str, threads))} (`BENCH_THREADS`)",
     ]
+
+
+def cuda_lines(out: Path) -> list[str]:
+    """A pointer to the CUDA run of ``make gpu-check`` (``cuda/BENCH.md`` next to this report), when there is one."""
+    cuda = out.parent / "cuda" / "BENCH.md"
+    if out.parent.name == "cuda" or not cuda.is_file():
+        return []
+    return ["- CUDA: [cuda/BENCH.md](cuda/BENCH.md), written by `make gpu-check` on a GPU machine (its own run, "
+            "machine and commit)"]
 
 
 def peer_lines(cases: list[dict]) -> list[str]:
@@ -206,10 +216,10 @@ def run_lines(cases: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-def render(data: dict, cases: list[dict], figure: str | None) -> str:
+def render(data: dict, cases: list[dict], figure: str | None, extra: Sequence[str] = ()) -> str:
     all_groups = groups(cases)
     lines = ["# Speed benchmarks", "", "Regenerate (overwrites this file, the JSON and the plot):", "",
-             "```bash", COMMAND, "```", "", *machine_lines(data, cases), *peer_lines(cases), "",
+             "```bash", COMMAND, "```", "", *machine_lines(data, cases), *peer_lines(cases), *extra, "",
              "Times are wall-clock, over the timed rounds after one warm-up round (which includes any "
              "`torch.compile`); rates are work per call divided by the median round. The machine is shared with "
              "other jobs: a burst of theirs can slow a few rounds many times over (compare mean and median), and "
@@ -278,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     figure = out.with_name("throughput.png")
     has_figure = plot_throughput(cases, figure)
-    out.write_text(render(data, cases, figure.name if has_figure else None) + "\n")
+    out.write_text(render(data, cases, figure.name if has_figure else None, cuda_lines(out)) + "\n")
     print(f"wrote {out}" + (f" and {figure}" if has_figure else ""))
     return 0
 

@@ -4,7 +4,7 @@
 ``make test`` runs each case once with ``--benchmark-disable`` and tiny horizons, so the code paths never rot.
 
 Every case records in ``extra_info``: ``question`` (simulate, bptt, ddpg), ``case`` (the implementation), ``batch``,
-``horizon``, ``device``, ``threads``, ``env_steps`` per call (or ``updates`` for DDPG's gradient steps) and, after
+``horizon``, ``device`` (and on CUDA ``device_name``, the GPU's), ``threads``, ``env_steps`` per call (or ``updates`` for DDPG's gradient steps) and, after
 timing, ``env_steps_per_s`` (or ``updates_per_s``) from the median round (the machine is shared: the median shrugs
 off the rounds another job slowed down, the mean does not). Groups are one question at one batch size on one device
 and thread count, so pytest-benchmark's own comparison table lines up the peers of each question.
@@ -77,6 +77,8 @@ def measure(benchmark) -> Callable[..., Any]:
         benchmark.group = f"{question} B={batch} {device} threads={threads}"
         benchmark.extra_info.update(question=question, case=case, batch=batch, horizon=horizon, device=device,
                                     threads=threads, env_steps=env_steps, updates=updates)
+        if cuda:
+            benchmark.extra_info["device_name"] = torch.cuda.get_device_name(torch.device(device))
         result = benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
         if not benchmark.disabled:
             median = benchmark.stats.stats.median
