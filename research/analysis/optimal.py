@@ -477,6 +477,13 @@ class TimeVaryingPolicy(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- the solver
+def nominal_params(physics: Physics, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                   ) -> PendulumParams:
+    """The physics' parameters as scalars, each parameter drawn per episode at the middle of its range."""
+    middles = {name: (low + high) / 2 for name, (low, high) in physics.ranges.items()}
+    return physics.override(overrides=middles).params((), device=device, dtype=dtype)
+
+
 #: How far past a soft wall the grid reaches, in units of the deepest penetration at the speed limit.
 SOFT_WALL_MARGIN = 1.5
 
@@ -517,7 +524,7 @@ def solve_optimal(
 
     Args:
         physics: a preset name (``research.envs.presets.get_physics``) or a ``Physics``. The DP solves its nominal
-            parameters (``physics.params(())``); a randomised physics is solved at those too.
+            parameters (:func:`nominal_params`: a parameter drawn per episode at the middle of its range).
         grid: ``(n_th, n_thdot)`` nodes. actions: the number of torques in the set, evenly spaced over
             ``[-max_torque, max_torque]``, both ends included (at least 2).
         horizon: steps ``H``. device, dtype: where the tables are computed and kept, and in what.
@@ -538,7 +545,7 @@ def solve_optimal(
     if horizon < 1:
         raise ValueError(f"horizon must be at least 1 step, got {horizon}")
     if params is None:
-        params = physics.params((), device=device, dtype=dtype)
+        params = nominal_params(physics, device, dtype)
     params = _to(params, torch.empty((), device=device, dtype=dtype))
     state_grid = StateGrid.make(grid[0], grid[1], _knob(params, "max_speed", 8.0), _th_range(params), device, dtype)
     limit = _knob(params, "max_torque", 2.0)
@@ -650,6 +657,27 @@ def clairvoyant_returns(physics: Physics | str, grid: tuple[int, int] = (201, 20
 
 
 @torch.no_grad()
+def per_draw_returns(physics: Physics | str, grid: tuple[int, int] = (201, 201), actions: int = 11,
+                     draws: int = 100, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                     quiet: bool = True, noise_nodes: int = 7) -> tuple[Tensor, Tensor, Tensor, float]:
+    """The evaluator's first ``draws`` episodes, each played by the greedy policy of the DP of its own parameters:
+    the exact clairvoyant policy (one solve per episode, so only on a subset). Returns like
+    :func:`clairvoyant_returns`."""
+    physics = resolve_physics(physics)
+    th, thdot, params, noise = evaluation_setup(physics, EVAL_EPISODES, device, dtype)
+    out, seconds = [], 0.0
+    for i in tqdm(range(draws), desc=f"DP per draw {physics.name}", disable=quiet, leave=False, unit="draw"):
+        draw = type(params)(*(p[i] if isinstance(p, Tensor) else p for p in params))
+        solution = solve_optimal(physics, grid, actions, device=device, dtype=dtype, params=draw,
+                                 noise_nodes=noise_nodes)
+        seconds += solution.seconds
+        out.append(solution.simulate(th[i : i + 1], thdot[i : i + 1], draw,
+                                     None if noise is None else noise[i : i + 1]))
+    returns, th_end, thdot_end = (torch.cat([o[k] for o in out]) for k in range(3))
+    return returns, th_end, thdot_end, seconds
+
+
+@torch.no_grad()
 def _simulate_in(solution: OptimalSolution, th: Tensor, thdot: Tensor, episode_params: PendulumParams,
                  noise: Tensor | None, refine: int) -> tuple[Tensor, Tensor, Tensor]:
     """The greedy policy (nominal choices) stepped in ``episode_params`` with ``noise``."""
@@ -667,16 +695,20 @@ def _simulate_in(solution: OptimalSolution, th: Tensor, thdot: Tensor, episode_p
 SUMMARY_COLUMNS = (
     "physics", "grid", "actions", "noise_nodes", "param_bins", "refine", "role", "bound", "return_mean",
     "return_median", "return_min", "return_std", "return_iqm", "success_rate", "dp_value_mean",
-    "zero_torque_return_mean", "seconds", "solve_seconds", "episodes", "optimum",
+    "zero_torque_return_mean", "seconds", "solve_seconds", "episodes", "best_of_same_episodes", "optimum",
 )
 #: What each role of a summary row measures.
 ROLES = {
     "refinement": "the grid refined, everything else fixed",
     "actions": "the torque set refined at one grid",
     "noise_nodes": "the Gauss-Hermite nodes of the expectation over the torque noise refined at one grid",
-    "clairvoyant": "per-episode parameters known: one DP per cell of parameter bins (randomised physics)",
+    "clairvoyant": "told each episode's parameters: one DP per cell of parameter bins (randomised physics)",
     "param_bins": "the parameter bins of the clairvoyant policy refined at one grid",
+    "best_of": "told the parameters, per episode the best of the clairvoyant rows' policies (simulated first)",
+    "per_draw": "told the parameters, one DP per episode's own draw, on the first episodes only",
 }
+#: Roles whose policy is told each episode's parameters (``bound = clairvoyant``).
+CLAIRVOYANT_ROLES = ("clairvoyant", "param_bins", "best_of", "per_draw")
 
 
 @dataclass(frozen=True)
@@ -684,8 +716,9 @@ class Solve:
     """One row of the plan: a physics at a grid, torque set, noise quadrature and (clairvoyant rows) parameter bins.
 
     ``role``: a key of :data:`ROLES`. Rows ``clairvoyant`` and ``param_bins`` play the randomised physics with a
-    policy told each episode's parameters (:func:`clairvoyant_returns`); every other row with the nominal
-    parameters' DP, which is not told them.
+    policy told each episode's parameters (:func:`clairvoyant_returns`), ``per_draw`` with the exact per-episode DP
+    on the first ``draws`` episodes (:func:`per_draw_returns`); every other row with the nominal parameters' DP,
+    which is not told them. ``best_of`` rows are not planned: :func:`run_plan` adds one per randomised physics.
     """
 
     physics: str
@@ -695,6 +728,7 @@ class Solve:
     noise_nodes: int = 7
     bins: int = 0
     refine: int = 0
+    draws: int = 0
 
     @property
     def grid_text(self) -> str:
@@ -702,7 +736,7 @@ class Solve:
 
     @property
     def clairvoyant(self) -> bool:
-        return self.role in ("clairvoyant", "param_bins")
+        return self.role in CLAIRVOYANT_ROLES
 
 
 def square(n: int) -> tuple[int, int]:
@@ -716,9 +750,10 @@ def default_plan(physics: Sequence[str] | None = None) -> list[Solve]:
     - the other deterministic presets: grids 101 to 801 (the two finest agree to a few tenths);
     - ``noisy``: grids 101 to 401 with 7 Gauss-Hermite nodes (7x the transitions; the noise smooths the value), and
       3, 5 and 9 nodes at 201 x 201;
-    - ``randomized``: the nominal DP's policy at grids 101 to 401 (a lower bound that is not told the parameters),
-      and the clairvoyant policy (:func:`clairvoyant_returns`, 4 bins per parameter) at grids 101 to 401, with 8
-      bins at 101 x 101.
+    - ``randomized``: the nominal DP's policy at grids 101 to 401 (a lower bound for a policy not told the
+      parameters), the clairvoyant cell policies (:func:`clairvoyant_returns`, 4 bins per parameter) at grids 101
+      to 401 and 8 bins at 101 x 101 (and :func:`run_plan`'s per-episode best of them), and the exact per-draw DP
+      at 201 x 201 on the first 100 episodes.
     """
     names = list(physics) if physics else list(PRESETS)
     plan: list[Solve] = []
@@ -733,60 +768,106 @@ def default_plan(physics: Sequence[str] | None = None) -> list[Solve]:
             plan += [Solve(name, square(g)) for g in (101, 201, 401)]
             plan += [Solve(name, square(g), role="clairvoyant", bins=4) for g in (101, 201, 401)]
             plan += [Solve(name, square(101), role="param_bins", bins=8)]
+            plan += [Solve(name, square(201), role="per_draw", draws=100)]
         else:
             plan += [Solve(name, square(g)) for g in (101, 201, 401, 801)]
     return plan
 
 
+def _row(item: Solve, stats: dict[str, float], zero: float, seconds: float, solve_seconds: float,
+         dp_value: float = math.nan, grid: str | None = None) -> dict[str, Any]:
+    noisy = get_physics(item.physics).features.noise
+    return {
+        "physics": item.physics, "grid": grid or item.grid_text, "actions": item.actions,
+        "noise_nodes": item.noise_nodes if noisy else 0, "param_bins": item.bins, "refine": item.refine,
+        "role": item.role, "bound": "clairvoyant" if item.clairvoyant else "lower",
+        **{k: stats[k] for k in ("return_mean", "return_median", "return_min", "return_std", "return_iqm",
+                                 "success_rate")},
+        "dp_value_mean": dp_value, "zero_torque_return_mean": zero, "seconds": seconds,
+        "solve_seconds": solve_seconds, "episodes": stats["episodes"], "best_of_same_episodes": math.nan,
+        "optimum": 0,
+    }
+
+
+def _best_of(outcomes: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per episode, the outcome ``(return, th, thdot)`` with the highest return among ``outcomes``."""
+    returns = torch.stack([o[0] for o in outcomes])
+    pick = returns.argmax(0, keepdim=True)
+    return tuple(torch.stack([o[k] for o in outcomes]).gather(0, pick).squeeze(0) for k in range(3))
+
+
 def run_plan(plan: Sequence[Solve], num_episodes: int = EVAL_EPISODES, device: str = "cpu", quiet: bool = False
              ) -> list[dict[str, Any]]:
-    """Solves and evaluates every row of ``plan``; one summary row each (:data:`SUMMARY_COLUMNS`)."""
+    """Solves and evaluates every row of ``plan``; one summary row each (:data:`SUMMARY_COLUMNS`).
+
+    For a physics with two or more ``clairvoyant``/``param_bins`` rows, a ``best_of`` row follows its last one:
+    per episode the best of their returns. The physics is deterministic once the parameters are known, so a policy
+    told them (and its state) can simulate each candidate and play the best: achievable, hence still a lower bound
+    on the clairvoyant optimum. A ``per_draw`` row records in ``best_of_same_episodes`` the best-of mean over its
+    own episodes (``nan`` if no best-of exists yet).
+    """
     rows, zero = [], {}
+    outcomes: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {}
+    cell_seconds: dict[str, float] = {}
     bar = tqdm(plan, desc="optimal", unit="solve", disable=quiet)
-    for item in bar:
+    for i, item in enumerate(bar):
         bar.set_postfix_str(f"{item.physics} {item.grid_text} x{item.actions} {item.role}")
         if item.physics not in zero:
             zero[item.physics] = zero_torque_return(item.physics, num_episodes)["return_mean"]
         start = time.perf_counter()
-        if item.clairvoyant:
-            returns, th_end, thdot_end, solve_seconds = clairvoyant_returns(
-                item.physics, item.grid, item.actions, item.bins, num_episodes, device, quiet=quiet,
-                noise_nodes=item.noise_nodes)
-            stats = summarize_returns(returns, is_upright(th_end, thdot_end, SUCCESS_ANGLE, SUCCESS_SPEED), th_end)
-            dp_value = math.nan
+        if item.role in ("clairvoyant", "param_bins"):
+            *outcome, solve_seconds = clairvoyant_returns(item.physics, item.grid, item.actions, item.bins,
+                                                          num_episodes, device, quiet=quiet,
+                                                          noise_nodes=item.noise_nodes)
+            outcomes.setdefault(item.physics, []).append(tuple(outcome))
+            cell_seconds[item.physics] = cell_seconds.get(item.physics, 0.0) + time.perf_counter() - start
+            rows.append(_row(item, _stats(*outcome), zero[item.physics], time.perf_counter() - start,
+                             solve_seconds))
+            following = plan[i + 1] if i + 1 < len(plan) else None
+            last = following is None or following.physics != item.physics or following.role not in (
+                "clairvoyant", "param_bins")
+            if last and len(outcomes[item.physics]) >= 2:
+                best = Solve(item.physics, item.grid, item.actions, role="best_of", noise_nodes=item.noise_nodes)
+                grid = f"best of {len(outcomes[item.physics])}"
+                rows.append(_row(best, _stats(*_best_of(outcomes[item.physics])), zero[item.physics],
+                                 cell_seconds[item.physics], math.nan, grid=grid))
+        elif item.role == "per_draw":
+            returns, th_end, thdot_end, solve_seconds = per_draw_returns(
+                item.physics, item.grid, item.actions, item.draws, device, quiet=quiet, noise_nodes=item.noise_nodes)
+            row = _row(item, _stats(returns, th_end, thdot_end), zero[item.physics], time.perf_counter() - start,
+                       solve_seconds)
+            if len(outcomes.get(item.physics, [])) >= 2:
+                row["best_of_same_episodes"] = (
+                    _best_of(outcomes[item.physics])[0][: item.draws].double().mean().item())
+            rows.append(row)
         else:
             solution = solve_optimal(item.physics, item.grid, item.actions, device=device, quiet=quiet,
                                      noise_nodes=item.noise_nodes)
             stats = evaluate_solution(solution, num_episodes, item.refine)
             th, thdot, _, _ = evaluation_setup(solution.physics, num_episodes, solution.device, solution.dtype)
             dp_value = solution.interpolate(0, th, thdot).double().mean().item()
-            solve_seconds = solution.seconds
+            rows.append(_row(item, stats, zero[item.physics], time.perf_counter() - start, solution.seconds,
+                             dp_value))
             del solution
-        noisy = get_physics(item.physics).features.noise
-        rows.append({
-            "physics": item.physics, "grid": item.grid_text, "actions": item.actions,
-            "noise_nodes": item.noise_nodes if noisy else 0, "param_bins": item.bins, "refine": item.refine,
-            "role": item.role, "bound": "clairvoyant" if item.clairvoyant else "lower",
-            **{k: stats[k] for k in ("return_mean", "return_median", "return_min", "return_std", "return_iqm",
-                                     "success_rate")},
-            "dp_value_mean": dp_value, "zero_torque_return_mean": zero[item.physics],
-            "seconds": time.perf_counter() - start, "solve_seconds": solve_seconds,
-            "episodes": stats["episodes"], "optimum": 0,
-        })
     mark_optimum(rows)
     return rows
 
 
+def _stats(returns: Tensor, th_end: Tensor, thdot_end: Tensor) -> dict[str, float]:
+    return summarize_returns(returns, is_upright(th_end, thdot_end, SUCCESS_ANGLE, SUCCESS_SPEED), th_end)
+
+
 def mark_optimum(rows: list[dict[str, Any]]) -> None:
     """Sets ``optimum = 1`` on one row per physics, the yardstick the experiment reports compare with: the best
-    ``return_mean`` of its clairvoyant rows when it has any (a randomised physics: what a policy could reach if it
-    were told the parameters), else of all its rows (each an achievable policy, so the best is the tightest lower
-    bound on the optimum)."""
+    ``return_mean`` over all the evaluator's episodes among its clairvoyant rows when it has any (a randomised
+    physics: what a policy could reach if it were told the parameters), else among all its rows (each an achievable
+    policy, so the best is the tightest lower bound on the optimum)."""
     best: dict[str, dict] = {}
+    full = max((r["episodes"] for r in rows), default=0)
     for row in rows:
         name = row["physics"]
         clairvoyant = any(r["bound"] == "clairvoyant" for r in rows if r["physics"] == name)
-        if clairvoyant and row["bound"] != "clairvoyant":
+        if (clairvoyant and row["bound"] != "clairvoyant") or row["episodes"] != full:
             continue
         if name not in best or row["return_mean"] > best[name]["return_mean"]:
             best[name] = row

@@ -208,19 +208,27 @@ def test_default_plan_and_the_optimum_rows(tmp_path):
         101, 201, 401, 801, 1201]
     assert all(item.noise_nodes == 7 for item in plan if item.physics == "noisy" and item.role == "refinement")
     rows = run_plan([Solve("randomized", (15, 15), 5), Solve("randomized", (15, 15), 5, role="clairvoyant", bins=2),
+                     Solve("randomized", (21, 21), 5, role="param_bins", bins=3),
+                     Solve("randomized", (15, 15), 5, role="per_draw", draws=4),
                      Solve("noisy", (15, 15), 5, noise_nodes=3), Solve("noisy", (21, 21), 5, noise_nodes=3)],
                     num_episodes=20, quiet=True)
-    assert [r["bound"] for r in rows] == ["lower", "clairvoyant", "lower", "lower"]
-    assert [r["noise_nodes"] for r in rows] == [0, 0, 3, 3]
+    assert [r["role"] for r in rows] == ["refinement", "clairvoyant", "param_bins", "best_of", "per_draw",
+                                         "refinement", "refinement"]
+    assert [r["bound"] for r in rows] == ["lower"] + ["clairvoyant"] * 4 + ["lower"] * 2
+    assert [r["noise_nodes"] for r in rows] == [0, 0, 0, 0, 0, 3, 3]
+    best_of, per_draw = rows[3], rows[4]
+    assert best_of["return_mean"] >= max(rows[1]["return_mean"], rows[2]["return_mean"])
+    assert best_of["grid"] == "best of 2" and per_draw["episodes"] == 4
+    assert not math.isnan(per_draw["best_of_same_episodes"])
     optimum = {r["physics"]: r for r in rows if r["optimum"] == 1}
-    assert optimum["randomized"]["role"] == "clairvoyant"  # the yardstick of a randomised physics
+    assert optimum["randomized"]["role"] == "best_of"  # the yardstick of a randomised physics
     assert optimum["noisy"]["return_mean"] == max(r["return_mean"] for r in rows if r["physics"] == "noisy")
     assert math.isnan(optimum["randomized"]["dp_value_mean"])
     (tmp_path / "summary.csv").write_text(summary_csv(rows))
     subprocess.run([sys.executable, str(REPORT_SCRIPT), str(tmp_path)], check=True, capture_output=True)
     report = (tmp_path / "REPORT.md").read_text()
     assert "| `randomized` | clairvoyant |" in report and "| `noisy` | lower bound |" in report
-    assert "### `noisy`" in report and "Gauss-Hermite" in report and "**clairvoyant** policy reaches" in report
+    assert "### `noisy`" in report and "Gauss-Hermite" in report and "**clairvoyant** policy is told" in report and "best of these 2 cell policies" in report
 
 
 def test_gauss_hermite_integrates_normal_moments():
