@@ -25,7 +25,10 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def fmt(text: str | float | None, digits: int = 2) -> str:
-    return "" if text in ("", None) else f"{float(text):.{digits}f}"
+    """``text`` as a number with ``digits`` decimals; empty for an empty cell or NaN."""
+    if text in ("", None) or float(text) != float(text):
+        return ""
+    return f"{float(text):.{digits}f}"
 
 
 def percent(text: str) -> str:
@@ -104,7 +107,7 @@ def study_tables(rows: list[dict]) -> list[str]:
         table = sorted(same + study, key=lambda r: int(r[column] or 0))
         body = [[r[column], fmt(r["return_mean"], 3), fmt(r["return_median"], 3), fmt(r["return_min"], 3),
                  fmt(r["solve_seconds"], 1)] for r in table]
-        lines += [f"### {label.capitalize()} (`{physics}`, {grid})", ""]
+        lines += [f"### {label[0].upper() + label[1:]} (`{physics}`, {grid})", ""]
         lines += markdown_table([label, "return mean", "median", "worst", "solve (s)"], body) + [""]
     return lines
 

@@ -744,10 +744,10 @@ def square(n: int) -> tuple[int, int]:
 
 
 def default_plan(physics: Sequence[str] | None = None) -> list[Solve]:
-    """What ``make optimal`` solves (about 10 minutes on one core), per physics:
+    """What ``make optimal`` solves (about 12 minutes on one core), per physics:
 
-    - ``default``: grids 101 to 1201 with 11 torques, and 21 and 41 torques at 401 x 401;
-    - the other deterministic presets: grids 101 to 801 (the two finest agree to a few tenths);
+    - every deterministic preset: grids 101, 201, 401, 801 and 1201 with 11 torques; ``default`` also with 21 and
+      41 torques at 401 x 401;
     - ``noisy``: grids 101 to 401 with 7 Gauss-Hermite nodes (7x the transitions; the noise smooths the value), and
       3, 5 and 9 nodes at 201 x 201;
     - ``randomized``: the nominal DP's policy at grids 101 to 401 (a lower bound for a policy not told the
@@ -758,10 +758,7 @@ def default_plan(physics: Sequence[str] | None = None) -> list[Solve]:
     names = list(physics) if physics else list(PRESETS)
     plan: list[Solve] = []
     for name in names:
-        if name == "default":
-            plan += [Solve(name, square(g)) for g in (101, 201, 401, 801, 1201)]
-            plan += [Solve(name, square(401), a, role="actions") for a in (21, 41)]
-        elif name == "noisy":
+        if name == "noisy":
             plan += [Solve(name, square(g), noise_nodes=7) for g in (101, 201, 401)]
             plan += [Solve(name, square(201), noise_nodes=k, role="noise_nodes") for k in (3, 5, 9)]
         elif get_physics(name).ranges:
@@ -770,7 +767,9 @@ def default_plan(physics: Sequence[str] | None = None) -> list[Solve]:
             plan += [Solve(name, square(101), role="param_bins", bins=8)]
             plan += [Solve(name, square(201), role="per_draw", draws=100)]
         else:
-            plan += [Solve(name, square(g)) for g in (101, 201, 401, 801)]
+            plan += [Solve(name, square(g)) for g in (101, 201, 401, 801, 1201)]
+            if name == "default":
+                plan += [Solve(name, square(401), a, role="actions") for a in (21, 41)]
     return plan
 
 
@@ -796,8 +795,8 @@ def _best_of(outcomes: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Ten
     return tuple(torch.stack([o[k] for o in outcomes]).gather(0, pick).squeeze(0) for k in range(3))
 
 
-def run_plan(plan: Sequence[Solve], num_episodes: int = EVAL_EPISODES, device: str = "cpu", quiet: bool = False
-             ) -> list[dict[str, Any]]:
+def run_plan(plan: Sequence[Solve], num_episodes: int = EVAL_EPISODES, device: str = "cpu", quiet: bool = False,
+             memory_mb: float = MEMORY_MB) -> list[dict[str, Any]]:
     """Solves and evaluates every row of ``plan``; one summary row each (:data:`SUMMARY_COLUMNS`).
 
     For a physics with two or more ``clairvoyant``/``param_bins`` rows, a ``best_of`` row follows its last one:
@@ -842,7 +841,7 @@ def run_plan(plan: Sequence[Solve], num_episodes: int = EVAL_EPISODES, device: s
             rows.append(row)
         else:
             solution = solve_optimal(item.physics, item.grid, item.actions, device=device, quiet=quiet,
-                                     noise_nodes=item.noise_nodes)
+                                     noise_nodes=item.noise_nodes, memory_mb=memory_mb)
             stats = evaluate_solution(solution, num_episodes, item.refine)
             th, thdot, _, _ = evaluation_setup(solution.physics, num_episodes, solution.device, solution.dtype)
             dp_value = solution.interpolate(0, th, thdot).double().mean().item()
@@ -899,6 +898,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("results/optimal"))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-mb", type=float, default=2048,
+                        help="value tables kept in memory per solve before checkpointing (1201 x 1201: ~1.4 GB)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a shared machine more threads only wait on each other)")
     parser.add_argument("--quiet", action="store_true")
@@ -912,7 +913,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = [Solve(name, square(g), args.actions) for name in (args.physics or list(PRESETS)) for g in args.grids]
     else:
         plan = default_plan(args.physics)
-    rows = run_plan(plan, args.episodes, args.device, args.quiet)
+    rows = run_plan(plan, args.episodes, args.device, args.quiet, args.memory_mb)
     args.out.mkdir(parents=True, exist_ok=True)
     _write(args.out / "summary.csv", summary_csv(rows))
     config = {"argv": list(sys.argv[1:] if argv is None else argv), "git_commit": commit,
