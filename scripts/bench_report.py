@@ -277,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path, nargs="+", help="pytest-benchmark JSON files written by make bench")
     parser.add_argument("--out", type=Path, default=None, help="BENCH.md path (default: next to the first JSON)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line on how the run went (e.g. another job on the machine), shown under the machine")
     args = parser.parse_args(argv)
     data, cases = load_cases(args.json[0])
     for path in args.json[1:]:
@@ -288,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     figure = out.with_name("throughput.png")
     has_figure = plot_throughput(cases, figure)
-    out.write_text(render(data, cases, figure.name if has_figure else None, cuda_lines(out)) + "\n")
+    notes = [f"- note: {note}" for note in args.note]
+    out.write_text(render(data, cases, figure.name if has_figure else None, [*cuda_lines(out), *notes]) + "\n")
     print(f"wrote {out}" + (f" and {figure}" if has_figure else ""))
     return 0
 
