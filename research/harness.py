@@ -277,18 +277,13 @@ def set_threads(count: int) -> Callable[[], None]:
     return lambda: torch.set_num_threads(previous)
 
 
-def training_physics(env_config: Any) -> Physics:
-    """The :class:`~research.envs.presets.Physics` an ``env`` config table trains on (preset, overrides, ranges)."""
-    return env_config.to_physics()
-
-
 def prepare(config: Any) -> RunContext:
     """Device, dtype, seeds (torch's global RNG and a generator of the run's own) and the budget of a run."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     return RunContext(config, device, DTYPES[config.dtype], generator, Budget(config.max_wall_time_s),
-                      training_physics(config.env))
+                      config.env.to_physics())
 
 
 def train(config: Any, algorithm: Callable[[Any, RunContext], Algorithm], writer: Writer | None = None,

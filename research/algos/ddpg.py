@@ -33,7 +33,7 @@ from research.algos.off_policy import (  # noqa: F401  (re-exported: the pieces 
 )
 from research.config import ConfigError
 from research.harness import RunContext, SkipGuard, Writer
-from research.policies import make_actor, make_policy
+from research.policies import make_actor
 
 DDPGEvalConfig = OffPolicyEvalConfig
 
@@ -105,8 +105,6 @@ class DDPG(OffPolicy):
 
     def __init__(self, config: DDPGConfig, run: RunContext) -> None:
         super().__init__(config, run)
-        self.policy = make_policy(config.hidden_sizes, config.activation, run.physics.max_torque, device=run.device,
-                                  dtype=run.dtype)
         actor = make_actor(self.policy)
         self.loss_module = make_loss_module(actor, make_critic(config, run.device, run.dtype), config.gamma)
         self.target_updater = SoftUpdate(self.loss_module, tau=config.tau)

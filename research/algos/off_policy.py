@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 from tensordict import TensorDictBase
-from torch import Tensor, nn
+from torch import Tensor
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.envs import Compose, EnvBase, InitTracker, RewardSum, StepCounter, TransformedEnv
@@ -29,8 +29,8 @@ from torchrl.modules import MLP, ValueOperator
 from research.config import ConfigError, EvalConfig, RunConfig
 from research.envs import PendulumEnv
 from research.envs.presets import Physics
-from research.harness import DTYPES, RunContext, training_physics
-from research.policies import ACTIVATIONS, Activation
+from research.harness import DTYPES, RunContext
+from research.policies import ACTIVATIONS, Activation, make_policy
 
 #: Keys a transition keeps in the replay buffer (all the losses read); identical for both backends.
 TRANSITION_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward"), ("next", "done"),
@@ -96,11 +96,9 @@ class OffPolicyConfig(RunConfig):
             raise ConfigError(f"gamma and tau must be in (0, 1], got gamma={self.gamma}, tau={self.tau}")
         if self.updates_per_env_step < 0:
             raise ConfigError(f"updates_per_env_step must be >= 0, got {self.updates_per_env_step}")
-        if self.env.backend == "gymnasium" and (training_physics(self.env).name != "default"
-                                                or training_physics(self.env).fixed or training_physics(self.env).ranges
-                                                or self.dtype != "float32" or self.num_envs != 1):
-            raise ConfigError("env.backend='gymnasium' runs one env of the default physics in float32 (no "
-                              "env.physics, env.params or env.param_ranges)")
+        # EnvConfig itself refuses a non-default env.physics or env.params on Gymnasium
+        if self.env.backend == "gymnasium" and (self.env.param_ranges or self.dtype != "float32" or self.num_envs != 1):
+            raise ConfigError("env.backend='gymnasium' runs one env in float32 without env.param_ranges")
 
     @property
     def updates_per_batch(self) -> int:
@@ -111,7 +109,7 @@ def make_environment(config: OffPolicyConfig, device: torch.device, physics: Phy
     """The training env: ``num_envs`` pendulums of ``physics`` (default: the config's), truncated at
     ``env.episode_length`` steps, tracking returns."""
     if physics is None:
-        physics = training_physics(config.env)
+        physics = config.env.to_physics()
     if config.env.backend == "gymnasium":
         from torchrl.envs import GymEnv
 
@@ -141,17 +139,19 @@ def episode_returns(batch: TensorDictBase) -> Tensor:
 class OffPolicy:
     """The collect -> store -> update step of a replay-buffer learner; subclasses build the networks and the update.
 
-    A subclass sets ``policy`` (the deterministic :class:`~research.policies.SquashedMLP` that is evaluated and
-    saved) and calls :meth:`start` with its exploration policy; it implements :meth:`update`, one gradient step on
+    It builds ``policy``, the deterministic :class:`~research.policies.SquashedMLP` that is evaluated and saved (the
+    actor of DDPG and TD3, SAC's mean action); a subclass builds the rest and calls :meth:`start` with its exploration
+    policy; it implements :meth:`update`, one gradient step on
     a sampled batch returning the statistics named by ``STATS`` (a ``[len(STATS)]`` tensor, NaN when skipped).
     """
 
     STATS: ClassVar[tuple[str, ...]] = ()
-    policy: nn.Module
 
     def __init__(self, config: OffPolicyConfig, run: RunContext) -> None:
         self.config, self.run = config, run
         self.env = make_environment(config, run.device, run.physics)
+        self.policy = make_policy(config.hidden_sizes, config.activation, run.physics.max_torque, device=run.device,
+                                  dtype=run.dtype)
         self.iterations = config.total_env_steps // config.frames_per_batch
         self.updates = 0
 

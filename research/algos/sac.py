@@ -29,7 +29,7 @@ from research import harness
 from research.algos.off_policy import OffPolicy, OffPolicyConfig, make_critic
 from research.config import ConfigError
 from research.harness import RunContext, Writer
-from research.policies import SquashedMLP, make_policy
+from research.policies import SquashedMLP
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -85,8 +85,6 @@ class SAC(OffPolicy):
 
     def __init__(self, config: SACConfig, run: RunContext) -> None:
         super().__init__(config, run)
-        self.policy = make_policy(config.hidden_sizes, config.activation, run.physics.max_torque, device=run.device,
-                                  dtype=run.dtype)
         head = GaussianHead(self.policy).to(device=run.device, dtype=run.dtype)
         max_torque = self.policy.max_torque
         actor = ProbabilisticActor(TensorDictModule(head, in_keys=["observation"], out_keys=["loc", "scale"]),

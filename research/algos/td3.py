@@ -24,7 +24,7 @@ from research.algos.ddpg import DDPGConfig, make_exploration
 from research.algos.off_policy import OffPolicy, make_critic
 from research.config import ConfigError
 from research.harness import RunContext, Writer
-from research.policies import make_actor, make_policy
+from research.policies import make_actor
 
 
 @dataclass
@@ -54,8 +54,6 @@ class TD3(OffPolicy):
 
     def __init__(self, config: TD3Config, run: RunContext) -> None:
         super().__init__(config, run)
-        self.policy = make_policy(config.hidden_sizes, config.activation, run.physics.max_torque, device=run.device,
-                                  dtype=run.dtype)
         actor = make_actor(self.policy)
         max_torque = self.policy.max_torque
         self.loss_module = TD3Loss(actor, make_critic(config, run.device, run.dtype), num_qvalue_nets=2,
