@@ -213,6 +213,18 @@ class ExperimentConfig:
     """Training seeds; every algorithm runs every seed."""
     algos: list[str] = field(default_factory=list)
     """Algorithms to run (each needs its own table); empty = every algorithm table in the file."""
+    physics: list[str] = field(default_factory=list)
+    """Physics presets (:data:`research.envs.presets.PRESETS`) crossed with every algorithm and seed: each run trains
+    and is scored on its preset (``env.physics``; ``eval.physics`` follows it) and lives in
+    ``<experiment>/<physics>/<algo>/seed_<k>``. Empty: one preset per algorithm, its table's ``env.physics``, and
+    runs in ``<experiment>/<algo>/seed_<k>``."""
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.physics if name not in PRESETS]
+        if unknown:
+            raise ConfigError(f"experiment.physics must list presets from {list(PRESETS)}, got unknown {unknown}")
+        if len(set(self.physics)) != len(self.physics):
+            raise ConfigError(f"experiment.physics must not repeat a preset, got {self.physics}")
 
 
 # ---------------------------------------------------------------------------------------------- parsing

@@ -3,7 +3,8 @@
     python -m research.experiment experiments/pendulum_compare.toml --jobs 2 --backend local --device cpu
 
 The ``[experiment]`` table names the seeds and algorithms (default: every algorithm table in the file); each run
-writes ``<results>/<experiment>/<algo>/seed_<k>/`` (see :mod:`research.runs`). Resume rules, checked for every run
+writes ``<results>/<experiment>/<algo>/seed_<k>/`` (see :mod:`research.runs`). With ``physics = [...]`` (preset
+names) every algorithm and seed also runs on every preset, into ``<results>/<experiment>/<physics>/<algo>/seed_<k>/``. Resume rules, checked for every run
 before anything starts:
 
 - ``summary.json`` present with the same ``config_hash`` as the resolved config: finished, skipped;
@@ -13,7 +14,8 @@ before anything starts:
 Runs execute in a process pool (``backend="local"``, spawned processes, one run per process) or as Ray tasks
 (``backend="ray"``: the cluster at ``RAY_ADDRESS``, else a local one). Ray tasks train in a scratch directory on
 their node and send the files back, so a cluster needs no shared filesystem. ``<results>/<experiment>/experiment.json``
-lists the planned runs and their config hashes; the scripts in ``scripts/`` aggregate exactly those runs.
+lists the planned runs and their config hashes (the scripts in ``scripts/`` aggregate exactly those runs) and the
+wall-clock of every invocation that ran something (``invocations``).
 
 An experiment file with a ``[gradient_study]`` table is a measurement, not a set of training runs: it is handed to
 :func:`research.analysis.gradients.run_gradient_study`, which writes ``gradient_study.csv`` and ``config.json``
@@ -31,6 +33,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,17 +59,20 @@ Backend = Literal["local", "ray"]
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One (algorithm, seed) of an experiment with its resolved config."""
+    """One (physics, algorithm, seed) of an experiment with its resolved config; ``physics`` is ``None`` without a
+    physics axis."""
 
     algo: str
     seed: int
     config: Any
     run_dir: Path
     config_hash: str
+    physics: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.algo}/seed_{self.seed}"
+        run = f"{self.algo}/seed_{self.seed}"
+        return f"{self.physics}/{run}" if self.physics else run
 
 
 @dataclass
@@ -120,13 +126,20 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
         raise ConfigError(f"{path}: experiment.seeds must be a non-empty list of distinct seeds, got {settings.seeds}")
     overrides = [f"device={json.dumps(device)}"] if device else []
     runs = []
-    for algo in algos:
-        for seed in settings.seeds:
-            try:
-                config = resolve_config(algo, data.get(algo, {}), seed, overrides)
-            except ImportError as err:
-                raise ConfigError(f"algorithm {algo!r} is registered but cannot be imported: {err}") from None
-            runs.append(PlannedRun(algo, seed, config, run_dir(results, path.stem, algo, seed), config_hash(config)))
+    for physics in settings.physics or [None]:
+        for algo in algos:
+            table = data.get(algo, {})
+            if physics and "physics" in table.get("env", {}):
+                raise ConfigError(f"{path}: [{algo}.env] sets physics while experiment.physics crosses presets; "
+                                  "remove one of them")
+            extra = [f"env.physics={json.dumps(physics)}"] if physics else []
+            for seed in settings.seeds:
+                try:
+                    config = resolve_config(algo, table, seed, overrides + extra)
+                except ImportError as err:
+                    raise ConfigError(f"algorithm {algo!r} is registered but cannot be imported: {err}") from None
+                runs.append(PlannedRun(algo, seed, config, run_dir(results, path.stem, algo, seed, physics),
+                                       config_hash(config), physics))
     return ExperimentPlan(path.stem, path, settings, Path(results) / path.stem, runs)
 
 
@@ -142,23 +155,39 @@ def run_status(run: PlannedRun) -> Literal["done", "changed", "incomplete", "new
     return "incomplete" if run.run_dir.exists() else "new"
 
 
-def write_manifest(plan: ExperimentPlan) -> None:
-    """``experiment.json``: the planned runs and their config hashes, read by the aggregation scripts."""
+def write_manifest(plan: ExperimentPlan, invocation: dict | None = None) -> None:
+    """``experiment.json``: the planned runs and their config hashes, read by the aggregation scripts, and the
+    ``invocations`` that ran runs (start time, wall-clock, runs run and failed, jobs): earlier ones are kept while
+    the plan is unchanged, ``invocation`` (if given) is appended."""
     plan.directory.mkdir(parents=True, exist_ok=True)
+    runs = [{"algo": run.algo, "seed": run.seed, "config_hash": run.config_hash,
+             "path": str(run.run_dir.relative_to(plan.directory)), **({"physics": run.physics} if run.physics else {})}
+            for run in plan.runs]
+    invocations = []
+    try:
+        previous = json.loads((plan.directory / MANIFEST).read_text())
+        if previous.get("runs") == runs:
+            invocations = list(previous.get("invocations", []))
+    except (OSError, json.JSONDecodeError):
+        pass
+    if invocation is not None:
+        invocations.append(invocation)
     atomic_write_json(plan.directory / MANIFEST, {
         "experiment": plan.name,
         "source": str(plan.path),
         "description": plan.settings.description,
         "seeds": plan.settings.seeds,
         "algos": list(dict.fromkeys(run.algo for run in plan.runs)),
-        "runs": [{"algo": run.algo, "seed": run.seed, "config_hash": run.config_hash,
-                  "path": str(run.run_dir.relative_to(plan.directory))} for run in plan.runs],
+        **({"physics": plan.settings.physics} if plan.settings.physics else {}),
+        "runs": runs,
+        "invocations": invocations,
     })
 
 
 def _unplanned_run_dirs(plan: ExperimentPlan) -> list[str]:
     planned = {run.run_dir.resolve() for run in plan.runs}
-    found = (p for p in plan.directory.glob("*/seed_*") if p.is_dir() and p.resolve() not in planned)
+    found = (p for pattern in ("*/seed_*", "*/*/seed_*") for p in plan.directory.glob(pattern)
+             if p.is_dir() and p.resolve() not in planned)
     return sorted(str(p.relative_to(plan.directory)) for p in found)
 
 
@@ -343,6 +372,7 @@ def run_experiment(path: str | Path, results: str | Path = "results", jobs: int 
 
     bar = tqdm(total=len(plan.runs), initial=len(outcome.skipped), unit="run", desc=plan.name, disable=quiet,
                dynamic_ncols=True)
+    started, clock = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
 
     def on_done(run: PlannedRun, summary: dict | None, error: str | None) -> None:
         if error is None:
@@ -364,6 +394,10 @@ def run_experiment(path: str | Path, results: str | Path = "results", jobs: int 
                 _execute_local(pending, plan.name, jobs, cpus_per_run, on_done)
         finally:
             bar.close()
+            write_manifest(plan, {"started": started, "wall_time_s": round(time.perf_counter() - clock, 1),
+                                  "runs_completed": len(outcome.completed), "runs_failed": len(outcome.failed),
+                                  "runs_interrupted": len(pending) - len(outcome.completed) - len(outcome.failed),
+                                  "backend": backend, "jobs": jobs, "cpus_per_run": cpus_per_run})
     if outcome.failed:
         log.error("%d of %d runs failed: %s (rerun the same command to retry them)", len(outcome.failed),
                   len(plan.runs), ", ".join(outcome.failed))
@@ -396,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             plan = load_experiment(args.experiment, args.results, args.device)
             for run in plan.runs:
-                print(f"{run.name:24s} {run_status(run):10s} {run.run_dir}")
+                print(f"{run.name:40s} {run_status(run):10s} {run.run_dir}")
             return 0
         outcome = run_experiment(args.experiment, args.results, args.jobs, args.backend, args.device, args.quiet,
                                  args.cpus_per_run, args.gpus_per_run)

@@ -40,9 +40,11 @@ EVAL_PREFIX = "eval/"
 EVAL_RETURN = EVAL_PREFIX + "return_mean"
 
 
-def run_dir(results: str | os.PathLike, experiment: str, algo: str, seed: int) -> Path:
-    """``<results>/<experiment>/<algo>/seed_<seed>``."""
-    return Path(results) / experiment / algo / f"seed_{seed}"
+def run_dir(results: str | os.PathLike, experiment: str, algo: str, seed: int, physics: str | None = None) -> Path:
+    """``<results>/<experiment>/<algo>/seed_<seed>``, or ``<results>/<experiment>/<physics>/<algo>/seed_<seed>`` in an
+    experiment with a physics axis (``experiment.physics``)."""
+    base = Path(results) / experiment
+    return (base / physics if physics else base) / algo / f"seed_{seed}"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

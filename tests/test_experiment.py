@@ -131,6 +131,9 @@ def test_unknown_experiment_lists_the_available_ones(tmp_path):
     ("[bptt]\n[bptt_typo]\n", r"unknown table \[bptt_typo\]"),
     ("[experiment]\nseeds = [1, 1]\n[bptt]\n", "distinct seeds"),
     ("[bptt]\nlrr = 1.0\n", "unknown config key 'bptt.lrr'"),
+    ('[experiment]\nphysics = ["default", "icy"]\n[bptt]\n', r"experiment.physics must list presets .* unknown \['icy'\]"),
+    ('[experiment]\nphysics = ["wall", "wall"]\n[bptt]\n', "experiment.physics must not repeat a preset"),
+    ('[experiment]\nphysics = ["wall"]\n[bptt.env]\nphysics = "noisy"\n', r"\[bptt.env\] sets physics while"),
 ])
 def test_bad_experiment_files_are_rejected(tmp_path, text, match):
     path = tmp_path / "bad.toml"
@@ -151,6 +154,30 @@ def test_plan_defaults_and_device_override(tmp_path):
         return
     on_gpu = load_experiment(path, tmp_path / "res", device="cuda")
     assert on_gpu.runs[0].config.device == "cuda" and on_gpu.runs[0].config_hash != plan.runs[0].config_hash
+
+
+def test_physics_axis_crosses_presets_with_algorithms_and_seeds(tmp_path):
+    path = tmp_path / "axis.toml"
+    path.write_text('[experiment]\nseeds = [0, 1]\nphysics = ["wall", "noisy"]\n'
+                    "[bptt]\niterations = 2\nnum_envs = 8\nhorizon = 10\nhidden_sizes = [8]\n"
+                    "[bptt.eval]\nepisodes = 20\n")
+    plan = load_experiment(path, tmp_path / "res")
+    assert [run.name for run in plan.runs] == ["wall/bptt/seed_0", "wall/bptt/seed_1",
+                                               "noisy/bptt/seed_0", "noisy/bptt/seed_1"]
+    assert [run.config.env.physics for run in plan.runs] == ["wall", "wall", "noisy", "noisy"]
+    assert plan.runs[2].run_dir == tmp_path / "res" / "axis" / "noisy" / "bptt" / "seed_0"
+    assert len({run.config_hash for run in plan.runs}) == 4
+
+    outcome = run_experiment(path, tmp_path / "res", jobs=1, cpus_per_run=1, quiet=True)
+    assert outcome.ok and len(outcome.completed) == 4
+    manifest = json.loads((tmp_path / "res" / "axis" / "experiment.json").read_text())
+    assert manifest["physics"] == ["wall", "noisy"]
+    assert [(r["physics"], r["path"]) for r in manifest["runs"]][2] == ("noisy", "noisy/bptt/seed_0")
+    assert len(manifest["invocations"]) == 1 and manifest["invocations"][0]["runs_completed"] == 4
+    assert manifest["invocations"][0]["wall_time_s"] > 0
+    run_experiment(path, tmp_path / "res", jobs=1, cpus_per_run=1, quiet=True)  # nothing to run: no new entry
+    manifest = json.loads((tmp_path / "res" / "axis" / "experiment.json").read_text())
+    assert len(manifest["invocations"]) == 1
 
 
 def test_dry_run_lists_runs(finished_smoke, capsys):
