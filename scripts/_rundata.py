@@ -1,6 +1,7 @@
 """Reading an experiment's run directories, and the statistics over seeds the scripts share (stdlib + numpy only).
 
-The files are those of the run-directory contract (:mod:`research.rundir`, standard library only, imported here): ``<exp>/<algo>/seed_<k>/`` with
+The files are those of the run-directory contract (:mod:`research.rundir`, standard library only, imported here):
+``<exp>/<algo>/seed_<k>/`` (or ``<exp>/<physics>/<algo>/seed_<k>/`` in an experiment with a physics axis) with
 ``config.json``, ``metrics.csv`` and ``summary.json`` (present only once the run finished). When the experiment
 runner's ``<exp>/experiment.json`` exists, exactly the runs it plans are read, and a run finished under another
 config (its ``config_hash`` differs) is left out with a warning; without it, every finished run is read.
@@ -39,6 +40,11 @@ class Run:
     metrics: dict[str, np.ndarray]
 
     @property
+    def physics(self) -> str:
+        """The preset the run trained on (``config.env.physics``; ``default`` when the config has none)."""
+        return str((self.config.get("config", {}).get("env") or {}).get("physics") or "default")
+
+    @property
     def final_return(self) -> float:
         return float(self.summary["eval"]["return_mean"])
 
@@ -69,9 +75,18 @@ def experiment_dir(path: str | Path) -> Path:
     return path
 
 
+RUN_PATTERNS = (f"*/seed_*/{SUMMARY}", f"*/*/seed_*/{SUMMARY}")
+"""Where finished runs' summaries lie: ``<algo>/seed_<k>/`` and, with a physics axis, ``<physics>/<algo>/seed_<k>/``."""
+
+
+def finished_run_dirs(exp_dir: Path) -> list[Path]:
+    """Every directory under ``exp_dir`` holding a finished run (:data:`RUN_PATTERNS`), sorted."""
+    return sorted({p.parent for pattern in RUN_PATTERNS for p in exp_dir.glob(pattern)})
+
+
 def has_finished_runs(exp_dir: Path) -> bool:
-    """Whether ``exp_dir`` holds any finished training run (``*/seed_*/summary.json``)."""
-    return any(exp_dir.glob(f"*/seed_*/{SUMMARY}"))
+    """Whether ``exp_dir`` holds any finished training run (``[<physics>/]<algo>/seed_<k>/summary.json``)."""
+    return bool(finished_run_dirs(exp_dir))
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:
@@ -98,9 +113,9 @@ def load_runs(exp_dir: Path) -> list[Run]:
     """The experiment's finished runs, ordered by algorithm (the experiment's order) and seed."""
     manifest = load_manifest(exp_dir)
     if manifest is None:
-        runs = [load_run(p.parent) for p in sorted(exp_dir.glob(f"*/seed_*/{SUMMARY}"))]
+        runs = [load_run(path) for path in finished_run_dirs(exp_dir)]
         _warn_mixed_configs(runs)
-        return sorted(runs, key=lambda r: (r.algo, r.seed))
+        return sorted(runs, key=lambda r: (r.physics, r.algo, r.seed))
     runs, missing = [], []
     for entry in manifest["runs"]:
         path = exp_dir / entry["path"]
@@ -115,28 +130,43 @@ def load_runs(exp_dir: Path) -> list[Run]:
     if missing:
         warn(f"{len(missing)} planned runs have not finished and are left out: {', '.join(missing)}")
     planned = {entry["path"] for entry in manifest["runs"]}
-    extra = sorted(str(p.parent.relative_to(exp_dir)) for p in exp_dir.glob(f"*/seed_*/{SUMMARY}")
-                   if str(p.parent.relative_to(exp_dir)) not in planned)
+    extra = [str(path.relative_to(exp_dir)) for path in finished_run_dirs(exp_dir)
+             if str(path.relative_to(exp_dir)) not in planned]
     if extra:
         warn(f"runs not planned by {MANIFEST} are ignored: {', '.join(extra)}")
     return runs
 
 
 def _warn_mixed_configs(runs: list[Run]) -> None:
-    by_algo: dict[str, set[str]] = {}
+    by_group: dict[tuple[str, str], set[str]] = {}
     for run in runs:
         config = {k: v for k, v in run.config["config"].items() if k != "seed"}
-        by_algo.setdefault(run.algo, set()).add(json.dumps(config, sort_keys=True))
-    for algo, configs in by_algo.items():
+        by_group.setdefault((run.physics, run.algo), set()).add(json.dumps(config, sort_keys=True))
+    for (physics, algo), configs in by_group.items():
         if len(configs) > 1:
-            warn(f"the runs of {algo} differ in more than their seed ({len(configs)} configs)")
+            warn(f"the runs of {algo} on {physics} differ in more than their seed ({len(configs)} configs)")
 
 
 def group_by_algo(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs by algorithm, in the order they come (use :func:`group_runs` when they span several presets)."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.algo, []).append(run)
     return groups
+
+
+def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
+    """Runs by ``(physics, algo)``, in the order they come: the seeds of one method on one preset."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.physics, run.algo), []).append(run)
+    return groups
+
+
+def physics_axis(runs: list[Run]) -> list[str]:
+    """The presets of an experiment whose runs span more than one (in the order they come); ``[]`` otherwise."""
+    presets = list(dict.fromkeys(run.physics for run in runs))
+    return presets if len(presets) > 1 else []
 
 
 # ---------------------------------------------------------------------------------------------------- statistics

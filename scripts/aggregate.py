@@ -1,8 +1,9 @@
-"""Aggregates an experiment's run directories into ``summary.csv`` (one row per algorithm) and ``runs.csv`` (one per run).
+"""Aggregates an experiment's run directories into ``summary.csv`` (one row per physics and algorithm) and ``runs.csv``
+(one per run).
 
     python scripts/aggregate.py results/pendulum_compare [--threshold -200]
 
-Per algorithm, over seeds: the mean and interquartile mean of the final evaluation return (each run's
+Per algorithm and physics preset (one preset unless the experiment has a physics axis), over seeds: the mean and interquartile mean of the final evaluation return (each run's
 ``summary.json`` ``eval.return_mean``) with 95% percentile-bootstrap confidence intervals (10,000 resamples of the
 seeds, fixed RNG seed), the median and standard deviation, the mean success rate, mean total env steps and
 wall-clock, and the median env steps and wall-clock at which a run's evaluation mean first reached the threshold
@@ -13,7 +14,10 @@ elsewhere): ``optimum`` is the best dynamic-programming return ``R_opt`` of the 
 ``gap_to_optimum = R_opt - R`` and ``normalized_score = (R - R_zero) / (R_opt - R_zero)`` (``R_zero``: never
 pushing, so 0 is doing nothing and 1 the optimum), per run and for the mean over seeds. They are empty when no
 optimum applies: no yardstick file, a physics it does not list, or an evaluation other than the protocol's (other
-states, or the preset's parameters overridden).
+states, or the preset's parameters overridden). ``env_steps_to_90`` and ``wall_time_s_to_90``: the median over the
+seeds that got there (``seeds_reaching_90``) of the env steps and training seconds at a run's first evaluation with a
+normalized score of at least 0.9 (a return of at least ``return_at_90 = R_zero + 0.9 (R_opt - R_zero)``).
+``physics`` is the preset the runs trained on (``env.physics``).
 """
 
 from __future__ import annotations
@@ -32,25 +36,28 @@ from _rundata import (
     Run,
     bootstrap_ci,
     experiment_dir,
-    group_by_algo,
+    group_runs,
     has_finished_runs,
     iqm,
     load_runs,
 )
 
 SUMMARY_COLUMNS = (
-    "algo", "n_seeds", "seeds",
+    "physics", "algo", "n_seeds", "seeds",
     "final_return_mean", "final_return_mean_ci_low", "final_return_mean_ci_high",
     "final_return_iqm", "final_return_iqm_ci_low", "final_return_iqm_ci_high",
     "final_return_median", "final_return_std", "success_rate", "env_steps", "wall_time_s",
     "threshold", "seeds_reaching_threshold", "env_steps_to_threshold", "wall_time_s_to_threshold",
-    "physics", "optimum", "gap_to_optimum", "normalized_score",
+    "optimum", "gap_to_optimum", "normalized_score",
+    "return_at_90", "seeds_reaching_90", "env_steps_to_90", "wall_time_s_to_90",
 )
 RUN_COLUMNS = (
-    "algo", "seed", "final_return_mean", "final_return_iqm", "final_return_median", "final_return_min",
+    "physics", "algo", "seed", "final_return_mean", "final_return_iqm", "final_return_median", "final_return_min",
     "success_rate", "env_steps", "wall_time_s", "env_steps_to_threshold", "wall_time_s_to_threshold", "config_hash",
-    "physics", "optimum", "gap_to_optimum", "normalized_score",
+    "optimum", "gap_to_optimum", "normalized_score", "env_steps_to_90", "wall_time_s_to_90",
 )
+#: The normalized score of the ``*_to_90`` columns.
+SCORE_MARK = 0.9
 #: The yardstick beside the experiment directories: ``<results>/optimal/summary.csv``.
 OPTIMAL_SUMMARY = Path("optimal") / "summary.csv"
 #: The protocol's evaluation states, those the yardstick is computed on (``research/evaluation.py``).
@@ -104,17 +111,43 @@ def optimum_columns(final_return: float, physics: str, optima: Optima) -> dict:
             "normalized_score": (final_return - zero) / (best - zero)}
 
 
+def return_at_score(physics: str, optima: Optima, score: float = SCORE_MARK) -> float:
+    """The return of normalized score ``score`` on ``physics``: ``R_zero + score (R_opt - R_zero)`` (NaN: no optimum)."""
+    if physics not in optima:
+        return math.nan
+    best, zero = optima[physics]
+    return zero + score * (best - zero)
+
+
+def first_reaching_score(run: Run, optima: Optima, score: float = SCORE_MARK) -> tuple[float, float]:
+    """``(env_steps, wall_time_s)`` of the run's first evaluation at normalized score ``>= score`` (NaN if none)."""
+    mark = return_at_score(evaluation_physics(run), optima, score)
+    return (math.nan, math.nan) if math.isnan(mark) else run.first_reaching(mark)
+
+
+def _median_reached(crossings: np.ndarray) -> tuple[int, float, float]:
+    """``(seeds that got there, median env steps, median seconds)`` of ``[n_seeds, 2]`` crossings (NaN: never)."""
+    reached = ~np.isnan(crossings[:, 0])
+    if not reached.any():
+        return 0, math.nan, math.nan
+    return int(reached.sum()), float(np.median(crossings[reached, 0])), float(np.median(crossings[reached, 1]))
+
+
 def summary_rows(runs: list[Run], threshold: float = THRESHOLD, optima: Optima | None = None) -> list[dict]:
-    """One row per algorithm with the columns of ``SUMMARY_COLUMNS`` (statistics over its seeds; the optimum
-    columns of the mean over seeds)."""
+    """One row per (physics, algorithm) with the columns of ``SUMMARY_COLUMNS`` (statistics over its seeds; the
+    optimum columns of the mean over seeds)."""
+    optima = optima or {}
     rows = []
-    for algo, group in group_by_algo(runs).items():
+    for (trained_on, algo), group in group_runs(runs).items():
         physics = {evaluation_physics(run) for run in group}
+        physics_name = physics.pop() if len(physics) == 1 else ""
         finals = np.array([run.final_return for run in group])
         mean_low, mean_high = bootstrap_ci(finals)
         iqm_low, iqm_high = bootstrap_ci(finals, iqm)
         crossings = np.array([run.first_reaching(threshold) for run in group]).reshape(-1, 2)
         reached = ~np.isnan(crossings[:, 0])
+        n_90, steps_90, wall_90 = _median_reached(
+            np.array([first_reaching_score(run, optima) for run in group]).reshape(-1, 2))
         rows.append({
             "algo": algo,
             "n_seeds": len(group),
@@ -134,17 +167,22 @@ def summary_rows(runs: list[Run], threshold: float = THRESHOLD, optima: Optima |
             "seeds_reaching_threshold": int(reached.sum()),
             "env_steps_to_threshold": np.median(crossings[reached, 0]) if reached.any() else math.nan,
             "wall_time_s_to_threshold": np.median(crossings[reached, 1]) if reached.any() else math.nan,
-            **optimum_columns(finals.mean(), physics.pop() if len(physics) == 1 else "", optima or {}),
+            **optimum_columns(finals.mean(), physics_name, optima),
+            "physics": trained_on,
+            "return_at_90": return_at_score(physics_name, optima),
+            "seeds_reaching_90": n_90, "env_steps_to_90": steps_90, "wall_time_s_to_90": wall_90,
         })
     return rows
 
 
 def run_rows(runs: list[Run], threshold: float = THRESHOLD, optima: Optima | None = None) -> list[dict]:
     """One row per run with the columns of ``RUN_COLUMNS``."""
+    optima = optima or {}
     rows = []
     for run in runs:
         evaluation = run.summary["eval"]
         steps, wall = run.first_reaching(threshold)
+        steps_90, wall_90 = first_reaching_score(run, optima)
         rows.append({
             "algo": run.algo, "seed": run.seed,
             "final_return_mean": evaluation["return_mean"], "final_return_iqm": evaluation["return_iqm"],
@@ -152,7 +190,9 @@ def run_rows(runs: list[Run], threshold: float = THRESHOLD, optima: Optima | Non
             "success_rate": evaluation["success_rate"], "env_steps": run.summary["env_steps"],
             "wall_time_s": run.summary["wall_time_s"], "env_steps_to_threshold": steps,
             "wall_time_s_to_threshold": wall, "config_hash": run.summary.get("config_hash", ""),
-            **optimum_columns(evaluation["return_mean"], evaluation_physics(run), optima or {}),
+            **optimum_columns(evaluation["return_mean"], evaluation_physics(run), optima),
+            "physics": run.physics,
+            "env_steps_to_90": steps_90, "wall_time_s_to_90": wall_90,
         })
     return rows
 
@@ -192,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     exp_dir = experiment_dir(args.experiment_dir)
     if not has_finished_runs(exp_dir):
-        print(f"{exp_dir}: no finished training runs (*/seed_*/summary.json); nothing to aggregate")
+        print(f"{exp_dir}: no finished training runs ([<physics>/]<algo>/seed_<k>/summary.json); nothing to aggregate")
         return 0
     optima = load_optima(args.optimal or optimal_summary_path(exp_dir))
     summary, per_run = csv_texts(load_runs(exp_dir), args.threshold, optima)

@@ -7,6 +7,12 @@ against environment steps (log scale) and against wall-clock seconds, with a 95%
 seeds and each seed as a thin line. For the mean, each seed's curve is linearly interpolated (in log steps on the
 log axis) onto a common grid; a seed that finished earlier keeps its final return. Dashed: the -200 threshold;
 dotted: rl-baselines3-zoo's DDPG on Gymnasium Pendulum-v1.
+
+With a physics axis (runs on several presets, ``experiment.physics``) each figure is a grid with one panel per preset,
+the preset's dynamic-programming optimum dashed and the return at a normalized score of 0.9 dotted, and two heat maps
+of preset x method from ``scripts/aggregate.py``'s rows: ``heatmap_normalized_score.png`` (mean final normalized
+score, gap to the optimum in brackets) and ``heatmap_time_to_90.png`` (median env steps and training seconds to a
+normalized score of 0.9, over the seeds that got there).
 """
 
 from __future__ import annotations
@@ -21,7 +27,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from _rundata import THRESHOLD, Run, bootstrap_ci, experiment_dir, group_by_algo, has_finished_runs, load_runs  # noqa: E402
+from _rundata import (  # noqa: E402
+    THRESHOLD,
+    Run,
+    bootstrap_ci,
+    experiment_dir,
+    group_by_algo,
+    has_finished_runs,
+    load_runs,
+    physics_axis,
+)
+from aggregate import Optima, load_optima, optimal_summary_path, return_at_score, summary_rows  # noqa: E402
 
 ZOO_DDPG_RETURN = -152.1
 """rl-baselines3-zoo benchmark: DDPG on Pendulum-v1 after 20k steps, one trained agent (docs/protocol.md)."""
@@ -31,6 +47,8 @@ FIGURES = {
     "env_steps": ("return_vs_env_steps.png", "environment steps (log scale)", True),
     "wall_time_s": ("return_vs_wall_time.png", "training wall-clock time (s, evaluations excluded)", False),
 }
+HEATMAPS = ("heatmap_normalized_score.png", "heatmap_time_to_90.png")
+PANEL_COLUMNS = 3
 
 
 def seed_curves(runs: list[Run], x: str, log_x: bool) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -71,22 +89,36 @@ def eval_episodes(runs: list[Run]) -> int | None:
     return counts.pop() if len(counts) == 1 else None
 
 
-def plot_returns(runs: list[Run], x: str, path: Path, title: str, threshold: float = THRESHOLD,
-                 reference: bool = True) -> None:
-    """One figure: the evaluation return of every algorithm against ``x`` (a metrics column)."""
-    _, xlabel, log_x = FIGURES[x]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=150)
-    colors = plt.get_cmap("tab10").colors
-    for i, (algo, group) in enumerate(group_by_algo(runs).items()):
+def _draw_algorithms(ax: plt.Axes, runs: list[Run], x: str, log_x: bool, colors: dict[str, tuple]) -> None:
+    """Mean curve (with its band) and seed curves of every algorithm among ``runs`` on one axis."""
+    for algo, group in group_by_algo(runs).items():
         grid, mean, low, high = mean_curve(group, x, log_x)
         if grid.size == 0:
             continue
-        color = colors[i % len(colors)]
+        color = colors[algo]
         for xs, ys in seed_curves(group, x, log_x):
             ax.plot(xs, ys, color=color, lw=0.6, alpha=0.35)
         ax.plot(grid, mean, color=color, lw=2, label=f"{algo} (mean of {len(group)} seeds; thin: each seed)")
         if len(group) > 1:
             ax.fill_between(grid, low, high, color=color, alpha=0.2, lw=0)
+
+
+def algorithm_colors(runs: list[Run]) -> dict[str, tuple]:
+    """One tab10 colour per algorithm, in the order the algorithms first come (the same in every panel)."""
+    palette = plt.get_cmap("tab10").colors
+    return {algo: palette[i % len(palette)] for i, algo in enumerate(dict.fromkeys(run.algo for run in runs))}
+
+
+def plot_returns(runs: list[Run], x: str, path: Path, title: str, threshold: float = THRESHOLD,
+                 reference: bool = True, optima: Optima | None = None) -> None:
+    """One figure: the evaluation return of every algorithm against ``x`` (a metrics column); with runs on several
+    presets, one panel per preset (:func:`plot_returns_by_physics`)."""
+    if physics_axis(runs):
+        plot_returns_by_physics(runs, x, path, title, optima or {})
+        return
+    _, xlabel, log_x = FIGURES[x]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=150)
+    _draw_algorithms(ax, runs, x, log_x, algorithm_colors(runs))
     ax.axhline(threshold, color="0.4", ls="--", lw=1, label=f"threshold {threshold:g}")
     if reference:
         ax.axhline(ZOO_DDPG_RETURN, color="0.4", ls=":", lw=1.2, label=f"rl-zoo DDPG, 20k steps ({ZOO_DDPG_RETURN:g})")
@@ -103,22 +135,119 @@ def plot_returns(runs: list[Run], x: str, path: Path, title: str, threshold: flo
     plt.close(fig)
 
 
+def plot_returns_by_physics(runs: list[Run], x: str, path: Path, title: str, optima: Optima) -> None:
+    """A grid of panels, one per preset: every algorithm's evaluation return against ``x``, with the preset's
+    optimum (dashed) and the return at a normalized score of 0.9 (dotted) when ``optima`` has it."""
+    _, xlabel, log_x = FIGURES[x]
+    presets = physics_axis(runs)
+    colors = algorithm_colors(runs)
+    rows = -(-len(presets) // PANEL_COLUMNS)
+    fig, axes = plt.subplots(rows, PANEL_COLUMNS, figsize=(4.2 * PANEL_COLUMNS, 3.3 * rows), dpi=130, squeeze=False)
+    for ax, physics in zip(axes.flat, presets, strict=False):  # the grid may have spare panels
+        group = [run for run in runs if run.physics == physics]
+        _draw_algorithms(ax, group, x, log_x, colors)
+        if physics in optima:
+            best, zero = optima[physics]
+            ax.axhline(best, color="0.2", ls="--", lw=1)
+            ax.axhline(return_at_score(physics, optima), color="0.4", ls=":", lw=1)
+            low, high = ax.get_ylim()
+            ax.set_ylim(max(zero, min(low, best - 400)), max(high, best + 0.02 * (best - zero)))
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_title(physics, fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes.flat[len(presets):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel, fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("evaluation return", fontsize=8)
+    handles = [plt.Line2D([], [], color=color, lw=2, label=algo) for algo, color in colors.items()]
+    handles += [plt.Line2D([], [], color="0.2", ls="--", lw=1, label="DP optimum"),
+                plt.Line2D([], [], color="0.4", ls=":", lw=1, label="normalized score 0.9")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(f"{title}: mean over seeds (thin: each seed), shaded 95% bootstrap CI", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _heatmap(ax: plt.Axes, values: np.ndarray, labels: list[list[str]], presets: list[str], algos: list[str],
+             title: str, cmap: str, log: bool = False) -> None:
+    """``values[physics, algo]`` as a heat map with ``labels`` written in the cells (NaN cells grey)."""
+    shown = np.log10(values) if log else values
+    image = ax.imshow(np.ma.masked_invalid(shown), cmap=plt.get_cmap(cmap).with_extremes(bad="0.85"), aspect="auto")
+    ax.set_xticks(range(len(algos)), algos)
+    ax.set_yticks(range(len(presets)), presets)
+    finite = shown[np.isfinite(shown)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i in range(len(presets)):
+        for j in range(len(algos)):
+            dark = np.isfinite(shown[i, j]) and (shown[i, j] < middle) == (cmap.endswith("_r") is False)
+            ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7.5, color="white" if dark else "black")
+    colorbar = plt.colorbar(image, ax=ax, fraction=0.05)
+    if log:
+        colorbar.set_label("log10", fontsize=8)
+    ax.set_title(title, fontsize=9)
+
+
+def plot_heatmaps(rows: list[dict], directory: Path, title: str) -> list[Path]:
+    """The two heat maps of preset x method from :func:`aggregate.summary_rows` rows; returns the paths written."""
+    presets = list(dict.fromkeys(row["physics"] for row in rows))
+    algos = list(dict.fromkeys(row["algo"] for row in rows))
+    cell = {(row["physics"], row["algo"]): row for row in rows}
+
+    def table(key: str) -> np.ndarray:
+        return np.array([[float(cell[(p, a)][key]) if (p, a) in cell else np.nan for a in algos] for p in presets])
+
+    score, gap = table("normalized_score"), table("gap_to_optimum")
+    labels = [[f"{score[i, j]:.3f}\n({gap[i, j]:.1f})" if np.isfinite(score[i, j]) else "n/a"
+               for j in range(len(algos))] for i in range(len(presets))]
+    fig, ax = plt.subplots(figsize=(1.6 * len(algos) + 2.5, 0.55 * len(presets) + 1.5), dpi=150)
+    _heatmap(ax, score, labels, presets, algos, f"{title}: normalized score (gap to optimum)", "viridis")
+    fig.tight_layout()
+    paths = [directory / HEATMAPS[0]]
+    fig.savefig(paths[0])
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (1.6 * len(algos) + 2.5), 0.55 * len(presets) + 1.5), dpi=150)
+    n_seeds = table("n_seeds")
+    for ax, key, unit, fmt in ((axes[0], "env_steps_to_90", "env steps", "{:.3g}"),
+                               (axes[1], "wall_time_s_to_90", "training seconds", "{:.3g} s")):
+        values, reached = table(key), table("seeds_reaching_90")
+        labels = [[(fmt.format(values[i, j]) + f"\n{reached[i, j]:.0f}/{n_seeds[i, j]:.0f}") if np.isfinite(values[i, j])
+                   else "never" for j in range(len(algos))] for i in range(len(presets))]
+        _heatmap(ax, values, labels, presets, algos, f"{unit} to a normalized score of 0.9 (median; seeds there)",
+                 "magma_r", log=True)
+    fig.tight_layout()
+    paths.append(directory / HEATMAPS[1])
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment_dir", type=Path, help="results/<experiment>")
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="return drawn as a dashed line")
     parser.add_argument("--no-reference", action="store_true", help="leave out the rl-zoo DDPG line")
+    parser.add_argument("--optimal", type=Path, default=None,
+                        help="the yardstick's summary.csv (default: <results>/optimal/summary.csv)")
     args = parser.parse_args(argv)
     exp_dir = experiment_dir(args.experiment_dir)
     if not has_finished_runs(exp_dir):
-        print(f"{exp_dir}: no finished training runs (*/seed_*/summary.json); nothing to plot")
+        print(f"{exp_dir}: no finished training runs ([<physics>/]<algo>/seed_<k>/summary.json); nothing to plot")
         return 0
     runs = load_runs(exp_dir)
     figures = exp_dir / "figures"
     figures.mkdir(exist_ok=True)
+    optima = load_optima(args.optimal or optimal_summary_path(exp_dir))
     for x, (name, _, _) in FIGURES.items():
-        plot_returns(runs, x, figures / name, exp_dir.name, args.threshold, not args.no_reference)
+        plot_returns(runs, x, figures / name, exp_dir.name, args.threshold, not args.no_reference, optima)
         print(f"wrote {figures / name}")
+    if physics_axis(runs):
+        for path in plot_heatmaps(summary_rows(runs, args.threshold, optima), figures, exp_dir.name):
+            print(f"wrote {path}")
     return 0
 
 

@@ -26,6 +26,7 @@ from _rundata import (
 )
 from aggregate import csv_texts, load_optima, optimal_summary_path
 from plot import FIGURES, ZOO_DDPG_RETURN
+from study import study_section
 
 
 def _float(text: str) -> float | None:
@@ -80,27 +81,35 @@ def optimum_cells(row: dict) -> list[str]:
     return [fmt_return(row["gap_to_optimum"]) or "n/a", fmt_score(row["normalized_score"]) or "n/a"]
 
 
+def several_presets(rows: list[dict]) -> bool:
+    """Whether the rows span more than one physics preset (an experiment with a physics axis)."""
+    return len({row["physics"] for row in rows}) > 1
+
+
 def summary_table(rows: list[dict]) -> list[str]:
     threshold = fmt_threshold(rows)
     optimum = has_optimum(rows)
-    header = ["algorithm", "seeds", "final return, mean [95% CI]", "IQM [95% CI]", "median", "success rate",
+    axis = several_presets(rows)
+    header = (["physics"] if axis else []) + ["algorithm", "seeds", "final return, mean [95% CI]", "IQM [95% CI]", "median", "success rate",
               "env steps", "wall-clock (s)", f"env steps to {threshold}", f"wall-clock to {threshold} (s)"]
-    header += ["gap to optimum", "normalized score"] if optimum else []
-    body = [[
+    header += ["gap to optimum", "normalized score", "wall-clock to 0.9 (s)"] if optimum else []
+    body = [([f"`{row['physics']}`"] if axis else []) + [
         f"`{row['algo']}`", row["n_seeds"], fmt_ci(row, "final_return_mean"), fmt_ci(row, "final_return_iqm"),
         fmt_return(row["final_return_median"]), fmt_percent(row["success_rate"]), fmt_count(row["env_steps"]),
         fmt_seconds(row["wall_time_s"]),
         f"{fmt_count(row['env_steps_to_threshold']) or 'never'} ({row['seeds_reaching_threshold']}/{row['n_seeds']})",
         fmt_seconds(row["wall_time_s_to_threshold"]) or "never",
-    ] + (optimum_cells(row) if optimum else []) for row in rows]
+    ] + (optimum_cells(row) + [f"{fmt_seconds(row['wall_time_s_to_90']) or 'never'} "
+                               f"({row['seeds_reaching_90']}/{row['n_seeds']})"] if optimum else []) for row in rows]
     return markdown_table(header, body)
 
 
 def runs_table(rows: list[dict]) -> list[str]:
     optimum = has_optimum(rows)
-    header = ["algorithm", "seed", "final return (mean)", "IQM", "median", "worst episode", "success rate",
+    axis = several_presets(rows)
+    header = (["physics"] if axis else []) + ["algorithm", "seed", "final return (mean)", "IQM", "median", "worst episode", "success rate",
               "env steps", "wall-clock (s)"] + (["gap to optimum", "normalized score"] if optimum else [])
-    body = [[f"`{row['algo']}`", row["seed"], fmt_return(row["final_return_mean"]), fmt_return(row["final_return_iqm"]),
+    body = [([f"`{row['physics']}`"] if axis else []) + [f"`{row['algo']}`", row["seed"], fmt_return(row["final_return_mean"]), fmt_return(row["final_return_iqm"]),
              fmt_return(row["final_return_median"]), fmt_return(row["final_return_min"]),
              fmt_percent(row["success_rate"]), fmt_count(row["env_steps"]), fmt_seconds(row["wall_time_s"])]
             + (optimum_cells(row) if optimum else []) for row in rows]
@@ -117,15 +126,22 @@ def optimum_note(rows: list[dict]) -> list[str]:
             f"dynamic-programming yardstick on the physics the runs were scored on ({values}; "
             "[`results/optimal/REPORT.md`](../optimal/REPORT.md), `make optimal`: the greedy policy of a value "
             "table on a fine grid, achievable, so a lower bound on the true optimum). Normalized score: `(R - R_zero) "
-            "/ (R_opt - R_zero)`, `R_zero` the return of never pushing: 0 is doing nothing, 1 the optimum.", ""]
+            "/ (R_opt - R_zero)`, `R_zero` the return of never pushing: 0 is doing nothing, 1 the optimum. "
+            "Wall-clock to 0.9: the median training seconds to the first evaluation at a normalized score of at "
+            "least 0.9, over the seeds that got there (count in brackets).", ""]
 
 
-def setup_section(runs: list[Run]) -> list[str]:
-    """The resolved config of each algorithm (seed left out), machines, library versions and commits."""
+def setup_section(runs: list[Run], manifest: dict | None = None) -> list[str]:
+    """The resolved config of each algorithm (seed left out; with a physics axis, its config on the first preset,
+    which differs on the others only in ``env.physics``), machines, library versions, commits and the experiment's
+    wall-clock (``experiment.json``'s invocations)."""
     lines = ["## Setup", ""]
+    presets = list(dict.fromkeys(run.physics for run in runs))
     for algo, group in group_by_algo(runs).items():
         config = {k: v for k, v in group[0].config["config"].items() if k != "seed"}
-        lines += [f"<details><summary><code>{algo}</code>: resolved config (identical for every seed)</summary>", "",
+        same = ("identical for every seed" if len(presets) == 1 else
+                f"on `{group[0].physics}`; the other presets differ only in `env.physics`")
+        lines += [f"<details><summary><code>{algo}</code>: resolved config ({same})</summary>", "",
                   "```json", json.dumps(config, indent=2), "```", "", "</details>", ""]
     devices = sorted({run.config.get("device", "unknown") for run in runs})
     commits = sorted({str(run.config.get("git_commit")) for run in runs})
@@ -136,7 +152,21 @@ def setup_section(runs: list[Run]) -> list[str]:
     lines += [f"- Code: git commit {', '.join(f'`{c}`' for c in commits)}"]
     if any(c.endswith("-dirty") or c == "None" for c in commits):
         lines += ["  (`-dirty`: the working tree had uncommitted changes; `None`: not run from a git checkout)"]
+    lines += wall_clock_lines(manifest or {})
     return lines + [""]
+
+
+def wall_clock_lines(manifest: dict) -> list[str]:
+    """The experiment's end-to-end wall-clock from ``experiment.json``'s ``invocations`` (``[]`` when none)."""
+    invocations = [entry for entry in manifest.get("invocations", []) if entry.get("runs_completed")]
+    if not invocations:
+        return []
+    total = sum(entry["wall_time_s"] for entry in invocations)
+    runs = sum(entry["runs_completed"] for entry in invocations)
+    parts = ", ".join(f"{entry['started']}: {entry['runs_completed']} runs in {entry['wall_time_s'] / 60:.1f} min "
+                      f"({entry['jobs']} at a time, {entry['cpus_per_run']} CPU each)" for entry in invocations)
+    return [f"- Experiment wall-clock: {total / 60:.1f} min for {runs} runs over {len(invocations)} invocation(s) of "
+            f"the runner ({parts}); the runs only, not the aggregation, figures and report."]
 
 
 def regenerate_command(exp_dir: Path) -> str:
@@ -168,6 +198,7 @@ def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs:
         "",
     ]
     lines += optimum_note(summary)
+    lines += study_section(exp_dir, summary, per_run)
     figures = [(name, xlabel) for name, xlabel, _ in FIGURES.values() if (exp_dir / "figures" / name).is_file()]
     for name, xlabel in figures:
         lines += [f"![evaluation return against {xlabel}](figures/{name})", ""]
@@ -176,11 +207,15 @@ def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs:
                   f"seed; shaded: 95% bootstrap CI over seeds; dashed: {threshold}; dotted: rl-baselines3-zoo DDPG on "
                   f"Gymnasium Pendulum-v1 after 20k steps ({ZOO_DDPG_RETURN:g}, one run). Wall-clock is each run's own, "
                   "measured while the experiment's runs shared the machine (`JOBS` at a time, default one per core).", ""]
-    lines += ["### Per run", ""] + runs_table(per_run) + [""]
+    if several_presets(per_run):
+        lines += ["### Per run", "", f"<details><summary>{len(per_run)} runs</summary>", ""] + runs_table(per_run)
+        lines += ["", "</details>", ""]
+    else:
+        lines += ["### Per run", ""] + runs_table(per_run) + [""]
     maps = exp_dir / "figures" / "policy_maps.md"  # written by scripts/policy_maps.py (make experiment runs it first)
     if maps.is_file():
         lines += [maps.read_text().rstrip(), ""]
-    lines += setup_section(runs)
+    lines += setup_section(runs, manifest)
     lines += ["## Regenerate", "", "```bash", regenerate_command(exp_dir), "```", "",
               "Finished runs are reused when their config is unchanged; `scripts/aggregate.py`, `scripts/plot.py` and "
               "`scripts/report.py` rebuild `summary.csv`, `runs.csv`, `figures/` and this report from the run "
@@ -200,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     exp_dir = experiment_dir(args.experiment_dir)
     if not has_finished_runs(exp_dir):
-        print(f"{exp_dir}: no finished training runs (*/seed_*/summary.json); no report to write")
+        print(f"{exp_dir}: no finished training runs ([<physics>/]<algo>/seed_<k>/summary.json); no report to write")
         return 0
     summary_path, runs_path = exp_dir / "summary.csv", exp_dir / "runs.csv"
     if not (summary_path.is_file() and runs_path.is_file()):

@@ -1,0 +1,173 @@
+"""The physics-axis part of ``REPORT.md``: who wins on each preset and along each axis, and by how much.
+
+``scripts/report.py`` calls :func:`study_section` when an experiment's runs span several presets
+(``experiment.physics``). Every number comes from ``summary.csv`` and ``runs.csv`` (``scripts/aggregate.py``) and,
+when it exists, from the gradient study of the same presets (``<results>/<GRADIENTS>/gradient_study.csv``, written
+by ``make experiment EXP=when_gradients``).
+
+The comparison is between two families: backpropagation through the simulator (:data:`BACKPROP`) and model-free RL
+(:data:`MODEL_FREE`). On each preset the better method of each family (by mean final return over seeds) is compared:
+the difference of their mean final returns with a 95% percentile-bootstrap interval (each method's seeds resampled
+independently, 10,000 times, fixed RNG seed), and the training seconds and env steps each needed to reach a
+normalized score of 0.9. Picking the better of two methods per family slightly favours the family with more
+methods; both families here have the same count when TD3 and SAC are not run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from _rundata import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
+BACKPROP = ("bptt", "shac")
+"""Methods that follow gradients through the simulator."""
+MODEL_FREE = ("ddpg", "td3", "sac")
+"""Methods that learn from sampled transitions only."""
+GRADIENTS = "when_gradients"
+"""The gradient study of the presets, beside the experiment: ``<results>/when_gradients/gradient_study.csv``."""
+#: Each axis of the study: the presets that vary along it and the reference preset they are compared with.
+AXES = (
+    ("smoothness", ("coulomb", "coulomb_smooth"), "default",
+     "dry friction with an exact sign (zero gradient at rest, a jump in the force) against its tanh surrogate"),
+    ("contact", ("wall", "wall_soft"), "default",
+     "a hard wall with restitution (a reflection) against a stiff penalty spring"),
+    ("noise", ("noisy",), "default", "Gaussian torque noise, std 0.5 per step"),
+    ("horizon", ("weak", "damped"), "default",
+     "half the torque (several pumps, credit far back in time) and viscous damping (energy lost every swing)"),
+    ("model mismatch", ("randomized",), "default", "m and l drawn per episode within +-30%"),
+)
+TIE_MARGIN = 0.0
+"""A difference whose 95% interval contains 0 (or lies within this many return units of it) is a tie."""
+
+
+def _float(text: str | None) -> float:
+    return float(text) if text not in ("", None) else math.nan
+
+
+def difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean(a) - mean(b), low, high)``: the difference of two means over seeds with a percentile-bootstrap
+    interval, each group resampled independently (fixed RNG seed, so the report is reproducible)."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    samples_a = a[rng.integers(0, a.size, size=(BOOTSTRAP_RESAMPLES, a.size))].mean(axis=1)
+    samples_b = b[rng.integers(0, b.size, size=(BOOTSTRAP_RESAMPLES, b.size))].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(samples_a - samples_b, [alpha, 1.0 - alpha])
+    return float(a.mean() - b.mean()), float(low), float(high)
+
+
+def best_of(rows: list[dict], family: Sequence[str]) -> dict | None:
+    """The row of ``family`` with the best mean final return (``None``: the family did not run)."""
+    members = [row for row in rows if row["algo"] in family]
+    return max(members, key=lambda row: _float(row["final_return_mean"])) if members else None
+
+
+def preset_verdicts(summary: list[dict], per_run: list[dict]) -> list[dict]:
+    """Per preset: the better method of each family, their scores, the difference of final returns with its CI,
+    and the time each took to a normalized score of 0.9. Presets lacking either family are left out."""
+    finals: dict[tuple[str, str], list[float]] = {}
+    for row in per_run:
+        finals.setdefault((row["physics"], row["algo"]), []).append(float(row["final_return_mean"]))
+    verdicts = []
+    for physics in dict.fromkeys(row["physics"] for row in summary):
+        rows = [row for row in summary if row["physics"] == physics]
+        bp, mf = best_of(rows, BACKPROP), best_of(rows, MODEL_FREE)
+        if bp is None or mf is None:
+            continue
+        diff, low, high = difference_ci(np.array(finals[(physics, bp["algo"])]), np.array(finals[(physics, mf["algo"])]))
+        if low > TIE_MARGIN:
+            winner = "backprop"
+        elif high < -TIE_MARGIN:
+            winner = "model-free"
+        else:
+            winner = "tie"
+        verdicts.append({"physics": physics, "backprop": bp, "model_free": mf, "difference": diff, "low": low,
+                         "high": high, "winner": winner,
+                         "time_ratio": _float(mf["wall_time_s_to_90"]) / _float(bp["wall_time_s_to_90"]),
+                         "steps_ratio": _float(mf["env_steps_to_90"]) / _float(bp["env_steps_to_90"])})
+    return verdicts
+
+
+def _score(row: dict) -> str:
+    score, gap = _float(row["normalized_score"]), _float(row["gap_to_optimum"])
+    return "n/a" if math.isnan(score) else f"{score:.3f} (gap {gap:.1f})"
+
+
+def _to90(row: dict) -> str:
+    seconds, steps = _float(row["wall_time_s_to_90"]), _float(row["env_steps_to_90"])
+    if math.isnan(seconds):
+        return "never"
+    return f"{seconds:.1f} s / {steps:.3g} steps ({row['seeds_reaching_90']}/{row['n_seeds']})"
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2g}x"
+
+
+def verdict_table(verdicts: list[dict]) -> list[str]:
+    header = ["physics", "best backprop", "its score (gap)", "best model-free", "its score (gap)",
+              "final return, backprop - model-free [95% CI]", "better final return",
+              "to 0.9: backprop", "to 0.9: model-free", "model-free / backprop time to 0.9 (wall-clock, env steps)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for v in verdicts:
+        bp, mf = v["backprop"], v["model_free"]
+        lines.append("| " + " | ".join([
+            f"`{v['physics']}`", f"`{bp['algo']}`", _score(bp), f"`{mf['algo']}`", _score(mf),
+            f"{v['difference']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}]", v["winner"], _to90(bp), _to90(mf),
+            f"{_ratio(v['time_ratio'])} / {_ratio(v['steps_ratio'])}",
+        ]) + " |")
+    return lines
+
+
+def axis_sentences(verdicts: list[dict]) -> list[str]:
+    """One bullet per axis: how the final-return difference and the time ratio move from the reference preset."""
+    by_physics = {v["physics"]: v for v in verdicts}
+    lines = []
+    for axis, presets, reference, what in AXES:
+        present = [p for p in presets if p in by_physics]
+        if not present:
+            continue
+        parts = []
+        for physics in (reference, *present):
+            if physics not in by_physics:
+                continue
+            v = by_physics[physics]
+            parts.append(f"`{physics}` {v['winner']} ({v['difference']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}], "
+                         f"model-free needs {_ratio(v['time_ratio'])} backprop's seconds to 0.9)")
+        lines.append(f"- **{axis}** ({what}): " + "; ".join(parts) + ".")
+    return lines
+
+
+def load_gradients(exp_dir: Path) -> list[dict]:
+    """The rows of the presets' gradient study (``[]`` when it has not run)."""
+    path = exp_dir.parent / GRADIENTS / "gradient_study.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def study_section(exp_dir: Path, summary: list[dict], per_run: list[dict], gradient_lines: Sequence[str] = ()) -> list[str]:
+    """The ``REPORT.md`` section of an experiment with a physics axis (``[]`` when no preset has both families)."""
+    verdicts = preset_verdicts(summary, per_run)
+    if not verdicts:
+        return []
+    lines = ["## When does backpropagation win?", "",
+             f"Backpropagation through the simulator ({', '.join(f'`{a}`' for a in BACKPROP)}) against model-free RL "
+             f"({', '.join(f'`{a}`' for a in MODEL_FREE)}): on each preset the better method of each family by mean "
+             "final return. The difference is of mean final returns over seeds, with a 95% bootstrap interval (each "
+             "method's seeds resampled independently); `tie` when the interval contains 0. The last column divides "
+             "the model-free method's training seconds (and env steps) to a normalized score of 0.9 by the backprop "
+             "method's (medians over the seeds that got there; above 1: backprop got there sooner; `n/a` when either "
+             "never did).", ""]
+    lines += verdict_table(verdicts) + [""]
+    lines += ["Along each axis, against default physics:", ""] + axis_sentences(verdicts) + [""]
+    figures = [name for name in ("heatmap_normalized_score.png", "heatmap_time_to_90.png")
+               if (exp_dir / "figures" / name).is_file()]
+    for name in figures:
+        lines += [f"![{name[:-4].replace('_', ' ')}](figures/{name})", ""]
+    lines += list(gradient_lines)
+    return lines
