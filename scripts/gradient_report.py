@@ -8,6 +8,11 @@ script. Three figures against the horizon H, log-log: ``figures/gradient_norm.pn
 per-sample norm), ``figures/gradient_variance.png`` (trace of the covariance, relative standard error of the mean)
 and ``figures/cosine.png`` (cosine between the two estimators' mean gradients). Every statement under "Findings" is
 computed from the CSV rows; none is written in advance.
+
+A study on several physics presets (its CSV's ``physics`` column; a CSV without one is default physics) gets those
+three figures per preset under ``figures/<preset>/`` and findings per preset, plus figures with one line per preset
+(:data:`PHYSICS_FIGURES`: the first-order and the zeroth-order variance and norm of the mean against H, and their
+variance ratio) and per-preset tables at a few horizons (:data:`TABLE_HORIZONS`, or the nearest measured ones).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ from _rundata import experiment_dir  # noqa: E402
 DATA = "gradient_study.csv"
 CONFIG = "config.json"
 FIGURES = ("gradient_norm.png", "gradient_variance.png", "cosine.png")
+#: The cross-preset figures of a study on several presets, in ``figures/``.
+PHYSICS_FIGURES = ("physics_first_order.png", "physics_zeroth_order.png", "physics_variance_ratio.png")
+#: Horizons of the per-preset tables (each replaced by the nearest measured one, on a log scale).
+TABLE_HORIZONS = (1, 20, 64, 200)
 ESTIMATORS = ("first_order", "likelihood_ratio")
 ESTIMATOR_LABELS = {"first_order": "first order (BPTT)", "likelihood_ratio": "zeroth order (likelihood ratio)"}
 LR_BASELINE_LABELS = {"none": "plain", "reward_to_go": "reward-to-go",
@@ -46,15 +55,20 @@ LR_BASELINE_FORMULAS = {
 #: A mean gradient counts as resolved when its relative standard error is below this: only then is a cosine with it
 #: evidence about its direction.
 RESOLVED_RELATIVE_SE = 0.5
-TEXT_COLUMNS = ("policy", "estimator", "lr_baseline")
+TEXT_COLUMNS = ("physics", "policy", "estimator", "lr_baseline")
+#: The preset of rows from a CSV without a ``physics`` column (studies before it had one).
+DEFAULT_PHYSICS = "default"
 INTEGER_COLUMNS = ("horizon", "samples")
 
 
 # ---------------------------------------------------------------------------------------------------- reading
 def parse_row(row: Mapping[str, str]) -> dict[str, Any]:
-    """A CSV row with its numbers as numbers (``horizon`` and ``samples`` as ints, the statistics as floats)."""
-    return {key: value if key in TEXT_COLUMNS else int(value) if key in INTEGER_COLUMNS else float(value)
-            for key, value in row.items()}
+    """A CSV row with its numbers as numbers (``horizon`` and ``samples`` as ints, the statistics as floats); a row
+    without a ``physics`` value is :data:`DEFAULT_PHYSICS`."""
+    parsed = {key: value if key in TEXT_COLUMNS else int(value) if key in INTEGER_COLUMNS else float(value)
+              for key, value in row.items()}
+    parsed["physics"] = parsed.get("physics") or DEFAULT_PHYSICS
+    return parsed
 
 
 def load_study(exp_dir: Path) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
@@ -78,6 +92,26 @@ def _series(rows: Sequence[Mapping[str, Any]], policy: str, estimator: str, key:
 
 def _policies(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["policy"] for r in rows))
+
+
+def physics_presets(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The presets of ``rows``, in the order of the CSV."""
+    return list(dict.fromkeys(r.get("physics") or DEFAULT_PHYSICS for r in rows))
+
+
+def preset_rows(rows: Sequence[Mapping[str, Any]], physics: str) -> list[Mapping[str, Any]]:
+    """The rows of one preset."""
+    return [r for r in rows if (r.get("physics") or DEFAULT_PHYSICS) == physics]
+
+
+def table_horizons(horizons: Sequence[int], wanted: Sequence[int] = TABLE_HORIZONS) -> list[int]:
+    """Each of ``wanted``, or the measured horizon nearest to it on a log scale (ties: the smaller), without
+    repeats, sorted."""
+    measured = sorted(set(int(h) for h in horizons))
+    if not measured:
+        return []
+    nearest = {min(measured, key=lambda h: (abs(math.log(h / w)), h)) for w in wanted}
+    return sorted(nearest)
 
 
 def _resolved(rows: Sequence[Mapping[str, Any]], policy: str, estimator: str | None = None) -> np.ndarray:
@@ -167,6 +201,62 @@ def plot_study(rows: Sequence[Mapping[str, Any]], figures: Path, samples: int) -
     plt.close(fig)
 
 
+def plot_physics(rows: Sequence[Mapping[str, Any]], figures: Path) -> None:
+    """The cross-preset figures (:data:`PHYSICS_FIGURES`), one line per preset, log-log against the horizon.
+
+    ``physics_first_order.png`` and ``physics_zeroth_order.png``: the trace of the per-sample covariance (top) and
+    the norm of the mean gradient (bottom) of that estimator, one column per policy; ``physics_variance_ratio.png``:
+    first-order / zeroth-order variance, one panel per policy (below 1: backpropagation needs fewer samples).
+    """
+    figures.mkdir(parents=True, exist_ok=True)
+    presets, policies = physics_presets(rows), _policies(rows)
+    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(presets)}
+    markers = "osd^v<>phX*"
+    xlabel = "horizon H (steps of 0.05 s)"
+
+    def line(ax: Any, physics: str, h: np.ndarray, y: np.ndarray) -> None:
+        ax.loglog(h, y, marker=markers[presets.index(physics) % len(markers)], markersize=4, color=colors[physics],
+                  linestyle="--" if physics == DEFAULT_PHYSICS else "-", label=physics)
+
+    for estimator, name in zip(ESTIMATORS, PHYSICS_FIGURES[:2], strict=True):
+        fig, axes = plt.subplots(2, len(policies), figsize=(6 * len(policies), 8.5), squeeze=False,
+                                 constrained_layout=True)
+        for column, policy in enumerate(policies):
+            for physics in presets:
+                chosen = preset_rows(rows, physics)
+                for row, key in enumerate(("variance_total", "grad_norm")):
+                    line(axes[row, column], physics, *_series(chosen, policy, estimator, key))
+            axes[0, column].set_title(f"{_estimator_label(rows, estimator)}, {policy} policy", fontsize=10)
+            for ax in axes[:, column]:
+                ax.set_xlabel(xlabel)
+                ax.grid(True, which="both", alpha=0.3)
+        axes[0, 0].set_ylabel("trace of the per-sample covariance")
+        axes[1, 0].set_ylabel("‖mean gradient‖ (return per unit parameter)")
+        axes[0, -1].legend(fontsize=8, title="physics")
+        _save(fig, figures / name)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(policies), figsize=(6 * len(policies), 4.8), squeeze=False,
+                             constrained_layout=True)
+    for column, policy in enumerate(policies):
+        ax = axes[0, column]
+        for physics in presets:
+            chosen = preset_rows(rows, physics)
+            h, first = _series(chosen, policy, "first_order", "variance_total")
+            _, zeroth = _series(chosen, policy, "likelihood_ratio", "variance_total")
+            line(ax, physics, h, first / zeroth)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_title(f"{policy} policy", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0, 0].set_ylabel("variance first order / zeroth order (trace)")
+    axes[0, -1].legend(fontsize=8, title="physics")
+    fig.suptitle("below 1: first order (BPTT) needs fewer samples than the likelihood ratio for the same s.e.",
+                 fontsize=10)
+    _save(fig, figures / PHYSICS_FIGURES[2])
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------------------------------- findings
 def _loglog_slope(h: np.ndarray, y: np.ndarray) -> float:
     keep = (y > 0) & np.isfinite(y)
@@ -248,11 +338,101 @@ def regenerate_command(exp_dir: Path) -> str:
     return f"make experiment EXP={exp_dir.name}{extra}"
 
 
+def physics_findings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Statements comparing the presets of ``rows``, each computed from them: per policy, the first-order variance at
+    the largest horizon against default physics (else the first preset) with its growth in H, and from which
+    horizon on first order is no longer the lower-variance estimator."""
+    presets = physics_presets(rows)
+    reference = DEFAULT_PHYSICS if DEFAULT_PHYSICS in presets else presets[0]
+    findings = []
+    for policy in _policies(rows):
+        series = {}
+        for physics in presets:
+            chosen = preset_rows(rows, physics)
+            h, var_fo = _series(chosen, policy, "first_order", "variance_total")
+            _, var_lr = _series(chosen, policy, "likelihood_ratio", "variance_total")
+            if len(h):
+                series[physics] = (h, var_fo, var_lr)
+        if reference not in series:
+            continue
+        ref_h, ref_var, _ = series[reference]
+        last = {p: (h[-1], v[-1]) for p, (h, v, _) in series.items()}
+        order = sorted(series, key=lambda p: -last[p][1])
+        findings.append(
+            f"**{policy} policy, first-order variance across presets:** at the largest horizon (H = "
+            f"{_horizon_list(sorted({int(hh) for hh, _ in last.values()}))}), relative to {reference} "
+            f"({ref_var[-1]:.3g}): "
+            + ", ".join(f"{p} {last[p][1] / ref_var[-1]:.3g}x" for p in order)
+            + ". Log-log slope of the variance against H: "
+            + ", ".join(f"{p} {_loglog_slope(series[p][0], series[p][1]):.2f}" for p in order)
+            + "."
+        )
+        crossings = []
+        for physics, (h, var_fo, var_lr) in series.items():
+            ratio = var_fo / var_lr
+            tail = [i for i in range(len(h)) if (ratio[i:] >= 1).all()]
+            if not tail:
+                crossings.append(f"{physics}: below at H = {h[-1]} (ratio {ratio[-1]:.2g})")
+            elif tail[0] == 0:
+                crossings.append(f"{physics}: at or above at every H (ratio {ratio[0]:.2g} at H = {h[0]})")
+            else:
+                crossings.append(f"{physics}: from H = {h[tail[0]]} on (ratio {ratio[tail[0] - 1]:.2g} at "
+                                 f"H = {h[tail[0] - 1]}, {ratio[tail[0]]:.2g} at H = {h[tail[0]]})")
+        findings.append(
+            f"**{policy} policy, where first order stops being the lower-variance estimator** (its variance at or "
+            "above the zeroth-order one at that horizon and every larger one): " + "; ".join(crossings) + "."
+        )
+    return findings
+
+
+def physics_tables(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: per policy, one table of every preset at the horizons :func:`table_horizons` picks."""
+    by_key = {(r["physics"], r["policy"], r["horizon"], r["estimator"]): r for r in rows}
+    header = ("| physics | H | FO ‖mean‖ | FO variance | FO rel. s.e. | ZO ‖mean‖ | ZO variance | ZO rel. s.e. | "
+              "FO / ZO variance | cosine ± s.e. | FO mean return |")
+    lines = []
+    for policy in _policies(rows):
+        horizons = table_horizons([r["horizon"] for r in rows if r["policy"] == policy])
+        lines += [f"### {policy} policy", "", header, "|" + "---|" * header.count(" | ") + "---|"]
+        for physics in physics_presets(rows):
+            for h in horizons:
+                first = by_key.get((physics, policy, h, "first_order"))
+                zeroth = by_key.get((physics, policy, h, "likelihood_ratio"))
+                if first is None or zeroth is None:
+                    continue
+                cells = [physics, str(h), *(_format(r[key]) for r in (first, zeroth)
+                                            for key in ("grad_norm", "variance_total", "relative_se")),
+                         _format(first["variance_total"] / zeroth["variance_total"]),
+                         f"{first['cosine']:.2f} ± {first['cosine_se']:.2f}", _format(first["return_mean"])]
+                lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _policy_lines(policies: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for name, policy in policies.items():
+        training = policy.get("training_eval")
+        lines.append(
+            f"- **{name}**: {policy['source']}; {policy['parameters']} parameters; protocol evaluation (1000 fixed "
+            f"starts, 200 steps, deterministic): return {policy['eval']['return_mean']:.1f} "
+            f"(success rate {policy['eval']['success_rate']:.2f})"
+            + (f"; training run's final evaluation: eval.return_mean = {training['return_mean']:.1f}" if training
+               else "")
+        )
+    return lines
+
+
 def study_report(exp_dir: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any]
                  ) -> str:
-    """The text of ``REPORT.md``: ``info`` is the study's ``config.json``, ``rows`` its parsed CSV."""
+    """The text of ``REPORT.md``: ``info`` is the study's ``config.json``, ``rows`` its parsed CSV (on several
+    presets: findings per preset and across them, per-preset tables and the cross-preset figures)."""
     config = info["config"]
     baseline = config["likelihood_ratio_baseline"]
+    presets = physics_presets(rows)
+    multi = len(presets) > 1
+    where = (f"on each of {len(presets)} physics presets" if multi else
+             "default physics" if presets == [DEFAULT_PHYSICS] else f"{presets[0]} physics")
     lines = [
         f"# Gradient study: {exp_dir.name}",
         "",
@@ -269,7 +449,7 @@ def study_report(exp_dir: Path, columns: Sequence[str], rows: Sequence[Mapping[s
         "## What was measured",
         "",
         f"For each policy and horizon H in {config['horizons']}, {config['samples']} independent samples (initial "
-        "state from Gymnasium's reset distribution, default physics, Gaussian action noise of std "
+        f"state from Gymnasium's reset distribution, {where}, Gaussian action noise of std "
         f"σ = {config['action_noise']} N m added after the tanh squash) per estimator, in {config['dtype']}, "
         f"differentiated {config['chunk']} at a time and streamed into the statistics. Both estimators estimate the "
         "gradient of the same smoothed objective E[R_H], R_H the undiscounted H-step return:",
@@ -279,6 +459,21 @@ def study_report(exp_dir: Path, columns: Sequence[str], rows: Sequence[Mapping[s
         f"- **zeroth order (likelihood ratio, REINFORCE, `likelihood_ratio_baseline = \"{baseline}\"`)**: "
         f"{LR_BASELINE_FORMULAS.get(baseline, baseline)}.",
         "",
+    ]
+    if multi:
+        descriptions = info.get("physics", {})
+        lines += [
+            "The presets (`research/envs/presets.py`): initial states in a wall's range where there is one, the "
+            "per-episode parameters drawn once per sample where the preset has ranges, and torque noise drawn per "
+            "sample and step where it has noise. The first-order estimator reparameterises the torque noise like the "
+            "action noise; for the zeroth-order one it is environment noise (not in the score; the noise-free "
+            "baseline rollout replays it). Every preset meets the same initial-state and action-noise draws "
+            "(common random numbers), so differences between presets are paired.",
+            "",
+            *(f"- **{name}**: {descriptions.get(name, {}).get('description', '')}" for name in presets),
+            "",
+        ]
+    lines += [
         "Columns: `lr_baseline` = the zeroth-order estimator's variant; `grad_norm` = ‖mean gradient‖; "
         "`mean_sample_norm` / `median_sample_norm` = mean / median of the per-sample norms; `variance_mean` / "
         "`variance_total` = per-parameter variance across samples, averaged / summed (trace of the covariance) over "
@@ -289,32 +484,72 @@ def study_report(exp_dir: Path, columns: Sequence[str], rows: Sequence[Mapping[s
         "Policies:",
         "",
     ]
-    for name, policy in info["policies"].items():
-        training = policy.get("training_eval")
-        lines.append(
-            f"- **{name}**: {policy['source']}; {policy['parameters']} parameters; protocol evaluation (1000 fixed "
-            f"starts, 200 steps, deterministic): return {policy['eval']['return_mean']:.1f} "
-            f"(success rate {policy['eval']['success_rate']:.2f})"
-            + (f"; training run's final evaluation: eval.return_mean = {training['return_mean']:.1f}" if training
-               else "")
-        )
-    lines += ["", "## Findings", "", *(f"- {f}" for f in study_findings(rows, config["samples"])), ""]
-    lines += ["## Results", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for row in rows]
+    if not multi:
+        lines += _policy_lines(info["policies"])
+        lines += ["", "## Findings", "", *(f"- {f}" for f in study_findings(rows, config["samples"])), ""]
+        table_columns = [c for c in columns if c != "physics"]
+    else:
+        by_physics = info.get("physics_policies", {})
+        for name in presets:
+            lines += [f"- on {name}:", *(f"  {line}" for line in _policy_lines(by_physics.get(name, {})))]
+        lines += ["", "## Findings", "", "### Across presets", "",
+                  *(f"- {f}" for f in physics_findings(rows)), ""]
+        for name in presets:
+            figure_links = ", ".join(f"[{f.removesuffix('.png').replace('_', ' ')}](figures/{name}/{f})"
+                                     for f in FIGURES)
+            lines += [f"### {name}", "", *(f"- {f}" for f in study_findings(preset_rows(rows, name),
+                                                                            config["samples"])),
+                      f"- Figures: {figure_links}.", ""]
+        lines += ["## Presets at a few horizons", "",
+                  "FO = first order (BPTT), ZO = zeroth order (likelihood ratio); variance = trace of the per-sample "
+                  "covariance; the cosine is between the two mean gradients.", "", *physics_tables(rows)]
+        table_columns = list(columns)
+    lines += ["## Results", "", "| " + " | ".join(table_columns) + " |", "|" + "---|" * len(table_columns)]
+    lines += ["| " + " | ".join(_format(row[c]) for c in table_columns) + " |" for row in rows]
     lines += [
         "",
         f"Data: [{DATA}]({DATA}); configuration, versions and machine: [{CONFIG}]({CONFIG}).",
         "",
         "## Figures",
         "",
-        "![norm of the mean gradient and mean per-sample norm against the horizon](figures/gradient_norm.png)",
-        "",
-        "![variance and relative standard error against the horizon](figures/gradient_variance.png)",
-        "",
-        "![cosine between the estimators' mean gradients against the horizon](figures/cosine.png)",
-        "",
     ]
+    if not multi:
+        lines += [
+            "![norm of the mean gradient and mean per-sample norm against the horizon](figures/gradient_norm.png)",
+            "",
+            "![variance and relative standard error against the horizon](figures/gradient_variance.png)",
+            "",
+            "![cosine between the estimators' mean gradients against the horizon](figures/cosine.png)",
+            "",
+        ]
+    else:
+        lines += [
+            "![first-order variance and norm of the mean against the horizon, one line per preset]"
+            "(figures/physics_first_order.png)",
+            "",
+            "![zeroth-order variance and norm of the mean against the horizon, one line per preset]"
+            "(figures/physics_zeroth_order.png)",
+            "",
+            "![first-order / zeroth-order variance against the horizon, one line per preset]"
+            "(figures/physics_variance_ratio.png)",
+            "",
+            "Each preset's own figures (norms, variances, cosine): `figures/<preset>/`, linked under its findings.",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def draw_figures(rows: Sequence[Mapping[str, Any]], figures: Path, samples: int) -> list[Path]:
+    """Every figure of the report: :data:`FIGURES` in ``figures`` for one preset; for several, :data:`FIGURES` per
+    preset in ``figures/<preset>/`` and :data:`PHYSICS_FIGURES` in ``figures``. Returns the paths written."""
+    presets = physics_presets(rows)
+    if len(presets) == 1:
+        plot_study(rows, figures, samples)
+        return [figures / f for f in FIGURES]
+    for name in presets:
+        plot_study(preset_rows(rows, name), figures / name, samples)
+    plot_physics(rows, figures)
+    return [figures / name / f for name in presets for f in FIGURES] + [figures / f for f in PHYSICS_FIGURES]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,12 +558,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     exp_dir = experiment_dir(args.experiment_dir)
     columns, rows, info = load_study(exp_dir)
-    plot_study(rows, exp_dir / "figures", info["config"]["samples"])
+    written = draw_figures(rows, exp_dir / "figures", info["config"]["samples"])
     report = exp_dir / "REPORT.md"
     tmp = report.with_name(f".REPORT.{os.getpid()}.tmp.md")
-    tmp.write_text(study_report(exp_dir, columns, rows, info))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero median norm (every torque clipped) reads inf
+        text = study_report(exp_dir, columns, rows, info)
+    tmp.write_text(text)
     os.replace(tmp, report)
-    print(f"wrote {exp_dir / 'figures'}/{{{','.join(FIGURES)}}} and {report}")
+    names = ",".join(str(path.relative_to(exp_dir / "figures")) for path in written)
+    print(f"wrote {exp_dir / 'figures'}/{{{names}}} and {report}")
     return 0
 
 

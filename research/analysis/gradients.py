@@ -1,16 +1,24 @@
 """The gradient study: first-order (BPTT) against zeroth-order (likelihood-ratio) policy gradients on Pendulum-v1.
 
-At a fixed policy ``mu_theta`` (a random initialisation and a trained one) and for horizons ``H``, the gradient of the
-smoothed ``H``-step objective ``J_H(theta) = E[R_H]``, ``R_H = sum_{t<H} r_t``, is estimated from many independent
-samples with two unbiased estimators of the same quantity. Each sample draws an initial state from Gymnasium's reset
-distribution (``th ~ U[-pi, pi]``, ``thdot ~ U[-1, 1]``, default physics) and Gaussian action noise, added after the
-policy's tanh squash: ``a_t = mu_theta(s_t) + sigma * eps_t``, ``eps_t ~ N(0, 1)`` (the physics clips the torque).
+At a fixed policy ``mu_theta`` (a random initialisation and a trained one), on each physics preset of
+``config.physics`` (:data:`research.envs.presets.PRESETS`, default physics unless told) and for horizons ``H``, the
+gradient of the smoothed ``H``-step objective ``J_H(theta) = E[R_H]``, ``R_H = sum_{t<H} r_t``, is estimated from many
+independent samples with two unbiased estimators of the same quantity. Each sample draws an initial state from
+Gymnasium's reset distribution (``th ~ U[-pi, pi]``, ``thdot ~ U[-1, 1]``; with a wall, represented in the wall's
+range by the preset's ``initial_state``) and Gaussian action noise, added after the policy's tanh squash:
+``a_t = mu_theta(s_t) + sigma * eps_t``, ``eps_t ~ N(0, 1)`` (the physics clips the torque). On a preset with
+per-episode parameter ranges (``randomized``) each sample also draws its own parameters, and on one with torque noise
+(``noisy``) a standard-normal torque-noise sample ``xi_t`` per step (:func:`draw_samples`). The rollouts call
+:func:`research.envs.physics.pendulum_step` with the preset's features, the step the trainers differentiate, so the
+gradients through walls and friction are the ones BPTT sees.
 Both estimators are per-sample sums ``sum_t w_t * grad_theta mu_theta(s_t)`` (:func:`policy_gradient_terms`) and
 differ only in the weights ``w_t``:
 
 - first order (:func:`first_order_gradients`, what BPTT follows): ``grad_theta R_H`` with the noise reparameterised,
   through ``mu_theta`` and every step of the simulator; ``w_t = dR_H / da_t``, the total derivative (through the later
-  states and the policy's feedback on them), from one backward pass through the rollout;
+  states and the policy's feedback on them), from one backward pass through the rollout. The torque noise is
+  reparameterised like the action noise: ``xi`` is a fixed input of the rollout and the gradient flows through
+  ``clip(a_t + torque_noise * xi_t)``;
 - zeroth order (:func:`likelihood_ratio_gradients`, REINFORCE): ``sum_t grad_theta log N(a_t; mu_theta(s_t), sigma^2)
   * A_t``, i.e. ``w_t = A_t * eps_t / sigma``, states and actions held fixed. ``likelihood_ratio_baseline`` picks
   ``A_t``: ``"none"``, the whole return ``R_H`` (plain REINFORCE); ``"reward_to_go"``, ``G_t = sum_{t'>=t} r_t'``
@@ -22,20 +30,27 @@ differ only in the weights ``w_t``:
   leave-one-out mean of the other samples' ``G_t``) because the return depends mostly on the initial state (hanging
   down or near upright), which a constant baseline leaves in ``A_t`` and this one cancels;
   ``tests/analysis/test_gradients.py`` checks that it cuts the variance at H = 10 by more than 30x against both
-  other variants.
+  other variants. Torque noise is environment noise, not part of the policy: it is not in the score (its density
+  does not depend on ``theta``, so the estimator stays unbiased), the rollout simply meets it; the noise-free
+  baseline rollout replays the same ``xi`` (noise-free in the action only), which keeps ``G^0_t`` independent of
+  ``eps`` and cancels the part of ``G_t`` that the torque noise, not the action noise, explains.
 
 Per-sample gradients are computed ``chunk`` samples at a time and streamed into :class:`GradientMoments` (running
 mean and sum of squared deviations, per-sample norms, sums of 20 groups of samples), so no ``[N, P]`` tensor is held
-and ``N`` can be 10^4 and more. For each (policy, H, estimator) the study measures the norm of the mean gradient, the
+and ``N`` can be 10^4 and more. For each (physics, policy, H, estimator) the study measures the norm of the mean gradient, the
 mean and median norm of the per-sample gradients, their per-parameter variance (mean over parameters and the total,
 the trace of the covariance) and the relative standard error of the mean; :func:`cosine_similarity` compares the two
 estimators' mean gradients, with a delete-a-group jackknife standard error.
 
 An experiment file with a ``[gradient_study]`` table (``experiments/gradient_study.toml``) is the measurement's
 config; ``python -m research.experiment`` hands it to :func:`run_gradient_study`, which writes ``<results>/<name>/``:
-``gradient_study.csv`` (tidy, one row per policy x horizon x estimator, :data:`CSV_COLUMNS`), ``config.json`` (the
-config, the policies' sources and evaluations, wall-clock, commit, versions, machine) and the trained policy's own
-run directory ``trained_policy/`` (reused while its config is unchanged). Figures and ``REPORT.md`` are drawn from
+``gradient_study.csv`` (tidy, one row per physics x policy x horizon x estimator, :data:`CSV_COLUMNS`),
+``config.json`` (the config, the presets, the policies' sources and evaluations on each preset, wall-clock, commit,
+versions, machine) and, when the trained policy is trained by the study, its own run directory ``trained_policy/``
+(reused while its config is unchanged). The trained policy comes from ``trained.path``, where ``{physics}`` stands
+for each preset's name (e.g. ``results/when_study/{physics}/bptt/seed_0/policy.pt``: one policy per preset);
+without it one trained policy serves every preset. The random policy is one initialisation (the study's seed)
+squashed to each preset's ``max_torque``. Figures and ``REPORT.md`` are drawn from
 those two files by ``scripts/gradient_report.py``; ``make experiment EXP=gradient_study`` runs both.
 """
 
@@ -61,7 +76,16 @@ from tqdm.auto import tqdm
 
 from research.algos import ALGOS
 from research.config import ConfigError, config_hash, from_dict, load_toml, to_dict
-from research.envs.physics import PendulumParams, observation, pendulum_step, sample_initial_state
+from research.envs.physics import (
+    MAX_TORQUE,
+    PendulumParams,
+    PhysicsFeatures,
+    StepConstants,
+    observation,
+    pendulum_step,
+    step_constants,
+)
+from research.envs.presets import PRESETS, Physics, get_physics
 from research.evaluation import evaluate_policy
 from research.harness import DTYPES, resolve_device
 from research.policies import load_policy, make_policy
@@ -79,10 +103,12 @@ ESTIMATORS = ("first_order", "likelihood_ratio")
 #: ``likelihood_ratio_baseline`` choices: what multiplies the score of ``a_t`` (see the module docstring).
 LR_BASELINES = ("none", "reward_to_go", "reward_to_go_baseline")
 POLICIES = ("random", "trained")
-CSV_COLUMNS = ("policy", "horizon", "estimator", "lr_baseline", "grad_norm", "mean_sample_norm", "median_sample_norm",
+CSV_COLUMNS = ("physics", "policy", "horizon", "estimator", "lr_baseline", "grad_norm", "mean_sample_norm", "median_sample_norm",
                "variance_mean", "variance_total", "relative_se", "cosine", "cosine_se", "return_mean", "samples")
 #: Groups of the delete-a-group jackknife behind the cosine's standard error.
 JACKKNIFE_GROUPS = 20
+#: In ``trained.path``: replaced by each preset's name (one trained policy per preset).
+PHYSICS_PLACEHOLDER = "{physics}"
 #: The trained policy's architecture and seed come from the study, so its own config must not set them.
 STUDY_OWNED_KEYS = ("seed", "hidden_sizes", "activation", "device")
 
@@ -93,7 +119,9 @@ class TrainedPolicyConfig:
     """Where the trained policy comes from: a policy file, or a short training run inside the study."""
 
     path: str = ""
-    """A policy.pt written by any trainer of this project; empty = train one with `algo` and `config`."""
+    """A policy.pt written by any trainer of this project; '{physics}' in it stands for each preset's name (one
+    policy per preset, e.g. 'results/when_study/{physics}/bptt/seed_0/policy.pt'), without it one policy serves every
+    preset; empty = train one with `algo` and `config` (on the physics of `config`, default unless told)."""
     algo: str = "shac"
     """Trainer of the trained policy (one of research.algos.ALGOS)."""
     config: dict[str, Any] = field(default_factory=lambda: {"iterations": 300})
@@ -107,10 +135,15 @@ class GradientStudyConfig:
 
     description: str = "First-order (BPTT) against zeroth-order (likelihood-ratio) policy gradients on Pendulum-v1."
     """One line on what the study asks."""
+    physics: list[str] = field(default_factory=lambda: ["default"])
+    """Physics presets (research/envs/presets.py) to measure on, each with its own rows: initial states from the
+    preset's reset (walls), its per-episode parameter draws (one per sample) and its torque noise (one draw per
+    sample and step)."""
     horizons: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200])
     """Horizons H (steps of 0.05 s) of the return whose gradient is estimated."""
     samples: int = 10_000
-    """Independent samples (initial state and action noise) per policy, horizon and estimator."""
+    """Independent samples (initial state, action noise and the preset's own draws) per physics, policy, horizon and
+    estimator."""
     chunk: int = 500
     """Samples differentiated together and streamed into the statistics (bounds memory to about chunk x H x width
     floats; the results do not depend on it)."""
@@ -136,6 +169,9 @@ class GradientStudyConfig:
     """The trained policy."""
 
     def __post_init__(self) -> None:
+        unknown = [p for p in self.physics if p not in PRESETS]
+        if unknown or not self.physics or len(set(self.physics)) != len(self.physics):
+            raise ConfigError(f"physics must be distinct preset names from {list(PRESETS)}, got {self.physics}")
         if not self.horizons or any(h <= 0 for h in self.horizons) or len(set(self.horizons)) != len(self.horizons):
             raise ConfigError(f"horizons must be distinct positive step counts, got {self.horizons}")
         self.horizons = sorted(self.horizons)
@@ -148,6 +184,24 @@ class GradientStudyConfig:
             raise ConfigError(f"policies must be distinct names from {list(POLICIES)}, got {self.policies}")
         if "trained" in self.policies and not self.trained.path:
             self.training_config()  # a bad key in trained.config fails now, not after the random policy's study
+
+    def trained_paths(self) -> dict[str, Path]:
+        """``{preset: policy file}`` of the trained policy: ``trained.path`` with :data:`PHYSICS_PLACEHOLDER`
+        replaced by each preset of ``physics`` (the same file for all when it has none); ``{}`` when the path is
+        empty (the study trains the policy)."""
+        if not self.trained.path:
+            return {}
+        return {name: Path(self.trained.path.replace(PHYSICS_PLACEHOLDER, name)) for name in self.physics}
+
+    def check_trained_paths(self) -> None:
+        """Raises a one-line :class:`ConfigError` naming ``gradient_study.trained.path`` and every resolved path
+        that is not a file (only when the ``trained`` policy is measured)."""
+        if "trained" not in self.policies:
+            return
+        missing = list(dict.fromkeys(str(p) for p in self.trained_paths().values() if not p.is_file()))
+        if missing:
+            raise ConfigError(f"gradient_study.trained.path = {self.trained.path!r}: no policy file at "
+                              f"{', '.join(missing)}")
 
     def training_config(self, device: str | None = None) -> Any:
         """The typed config of the run that trains the ``trained`` policy."""
@@ -184,13 +238,29 @@ class PerSampleGradients(NamedTuple):
     returns: Tensor  # [N] the H-step return of each sample
 
 
-def _check_inputs(th: Tensor, thdot: Tensor, horizon: int, noise: Tensor, sigma: float) -> None:
+def _check_inputs(th: Tensor, thdot: Tensor, horizon: int, noise: Tensor, sigma: float,
+                  torque_noise: Tensor | None) -> None:
     if th.dim() != 1 or th.shape != thdot.shape:
         raise ValueError(f"th and thdot must both be [N], got {list(th.shape)} and {list(thdot.shape)}")
     if horizon <= 0 or noise.shape != (th.shape[0], horizon):
         raise ValueError(f"noise must be [N, H] = [{th.shape[0]}, {horizon}] with H > 0, got {list(noise.shape)}")
+    if torque_noise is not None and torque_noise.shape != noise.shape:
+        raise ValueError(f"torque_noise must be [N, H] = {list(noise.shape)} like noise, got {list(torque_noise.shape)}")
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
+
+
+def _step_constants(params: PendulumParams | StepConstants, features: PhysicsFeatures | None,
+                    torque_noise: Tensor | None) -> StepConstants:
+    """The rollout's :class:`StepConstants`, derived once (``features=None``: read from ``params``, one host sync)."""
+    constants = step_constants(params, features) if isinstance(params, PendulumParams) else params
+    if constants.features.noise and torque_noise is None:
+        raise ValueError("torque_noise (standard normal, [N, H]) is needed: these physics have torque_noise > 0")
+    return constants
+
+
+def _torque_noise(torque_noise: Tensor | None, t: int) -> Tensor | None:
+    return None if torque_noise is None else torque_noise[:, t]
 
 
 def policy_gradient_terms(policy: nn.Module, observations: Tensor, weights: Tensor) -> Tensor:
@@ -215,36 +285,44 @@ def policy_gradient_terms(policy: nn.Module, observations: Tensor, weights: Tens
     return torch.cat([g.reshape(n, -1) for g in gradients], dim=1)
 
 
-def first_order_gradients(policy: nn.Module, th: Tensor, thdot: Tensor, params: PendulumParams, horizon: int,
-                          noise: Tensor, sigma: float) -> PerSampleGradients:
+def first_order_gradients(policy: nn.Module, th: Tensor, thdot: Tensor, params: PendulumParams | StepConstants,
+                          horizon: int, noise: Tensor, sigma: float, *, torque_noise: Tensor | None = None,
+                          features: PhysicsFeatures | None = None) -> PerSampleGradients:
     """Per-sample first-order (reparameterised, through the simulator) gradients of the ``H``-step return.
 
-    Sample ``i`` rolls ``a_t = mu_theta(s_t) + sigma * noise[i, t]`` for ``horizon`` steps from ``(th[i], thdot[i])``;
-    its gradient is ``grad_theta sum_t r_t`` through the policy and the physics, computed as
-    ``sum_t dR/da_t * grad_theta mu_theta(s_t)``: ``dR/da_t`` (through the later states and the policy's feedback)
-    is the gradient with respect to a zero perturbation of ``a_t``, one backward pass for all samples since they are
-    independent.
+    Sample ``i`` rolls ``a_t = mu_theta(s_t) + sigma * noise[i, t]`` for ``horizon`` steps from ``(th[i], thdot[i])``
+    (the physics adding ``torque_noise * torque_noise[i, t]`` to the torque when it has torque noise); its gradient
+    is ``grad_theta sum_t r_t`` through the policy and the physics, both noises held fixed (reparameterised),
+    computed as ``sum_t dR/da_t * grad_theta mu_theta(s_t)``: ``dR/da_t`` (through the later states and the
+    policy's feedback) is the gradient with respect to a zero perturbation of ``a_t``, one backward pass for all
+    samples since they are independent.
 
     Args:
         policy: ``observation [..., 3] -> mean action [..., 1]`` (e.g. a :class:`~research.policies.SquashedMLP`).
-        th, thdot: initial states ``[N]``.
-        params: physical parameters, each ``[N]`` or broadcastable to it.
+        th, thdot: initial states ``[N]`` (with a wall, in its range: ``Physics.initial_state``).
+        params: physical parameters, each ``[N]`` or broadcastable to it (or their ``step_constants``).
         horizon: number of steps ``H``.
-        noise: standard-normal draws ``eps`` ``[N, H]``.
+        noise: standard-normal action-noise draws ``eps`` ``[N, H]``.
         sigma: std of the action noise.
+        torque_noise: standard-normal torque-noise draws ``xi`` ``[N, H]``; needed when the physics have
+            ``torque_noise > 0``, ignored otherwise.
+        features: the physics' optional terms (e.g. ``Physics.features``); default: read from ``params``.
 
     Returns:
         :class:`PerSampleGradients`: ``gradients [N, P]``, ``returns [N]``.
     """
-    _check_inputs(th, thdot, horizon, noise, sigma)
+    _check_inputs(th, thdot, horizon, noise, sigma, torque_noise)
+    constants = _step_constants(params, features, torque_noise)
     perturbations = torch.zeros_like(noise).requires_grad_(True)  # [N, H]
     observations = []
     returns = torch.zeros_like(th)
     with torch.enable_grad():
         for t in range(horizon):
+            # pendulum_step computes its own sin(th) (not observe()'s): the same values and gradients as the fused
+            # rollout, and the default-physics numbers of the study stay those of its first version bit for bit.
             obs = observation(th, thdot)
             action = policy(obs).squeeze(-1) + sigma * noise[:, t] + perturbations[:, t]
-            th, thdot, reward = pendulum_step(th, thdot, action, params)
+            th, thdot, reward = pendulum_step(th, thdot, action, constants, noise=_torque_noise(torque_noise, t))
             observations.append(obs.detach())
             returns = returns + reward
         (adjoints,) = torch.autograd.grad(returns.sum(), [perturbations])  # [N, H], dR_i / da_t[i]
@@ -252,14 +330,16 @@ def first_order_gradients(policy: nn.Module, th: Tensor, thdot: Tensor, params: 
                               returns.detach())
 
 
-def _rollout(policy: nn.Module, th: Tensor, thdot: Tensor, params: PendulumParams, noise: Tensor,
-                   sigma: float) -> tuple[Tensor, Tensor]:
-    """Observations ``[N, H, 3]`` and rewards ``[N, H]`` of ``a_t = mu_theta(s_t) + sigma * noise[:, t]``."""
+def _rollout(policy: nn.Module, th: Tensor, thdot: Tensor, constants: StepConstants, noise: Tensor,
+             sigma: float, torque_noise: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Observations ``[N, H, 3]`` and rewards ``[N, H]`` of ``a_t = mu_theta(s_t) + sigma * noise[:, t]`` (torque noise
+    ``torque_noise [N, H]`` when the physics have it)."""
     observations, rewards = [], []
     with torch.no_grad():
         for t in range(noise.shape[1]):
             obs = observation(th, thdot)
-            th, thdot, reward = pendulum_step(th, thdot, policy(obs).squeeze(-1) + sigma * noise[:, t], params)
+            th, thdot, reward = pendulum_step(th, thdot, policy(obs).squeeze(-1) + sigma * noise[:, t], constants,
+                                              noise=_torque_noise(torque_noise, t))
             observations.append(obs)
             rewards.append(reward)
     return torch.stack(observations, dim=1), torch.stack(rewards, dim=1)
@@ -270,9 +350,10 @@ def reward_to_go(rewards: Tensor) -> Tensor:
     return rewards.flip(-1).cumsum(-1).flip(-1)
 
 
-def likelihood_ratio_gradients(policy: nn.Module, th: Tensor, thdot: Tensor, params: PendulumParams, horizon: int,
-                               noise: Tensor, sigma: float,
-                               baseline: str = "reward_to_go_baseline") -> PerSampleGradients:
+def likelihood_ratio_gradients(policy: nn.Module, th: Tensor, thdot: Tensor, params: PendulumParams | StepConstants,
+                               horizon: int, noise: Tensor, sigma: float, baseline: str = "reward_to_go_baseline", *,
+                               torque_noise: Tensor | None = None,
+                               features: PhysicsFeatures | None = None) -> PerSampleGradients:
     """Per-sample zeroth-order (likelihood-ratio, REINFORCE) gradients of the ``H``-step return.
 
     Sample ``i`` rolls the same noisy policy as :func:`first_order_gradients`, without gradients; its gradient is
@@ -280,22 +361,26 @@ def likelihood_ratio_gradients(policy: nn.Module, th: Tensor, thdot: Tensor, par
     mu_theta(s_t)`` with the states and actions held fixed, where ``A_t`` is, by ``baseline`` (see
     the module docstring): ``"none"``, the return ``R_H``; ``"reward_to_go"``, ``G_t = sum_{t'>=t} r_t'``;
     ``"reward_to_go_baseline"``, ``G_t`` minus the reward-to-go of the noise-free rollout from the same initial state.
-    All three have the same expectation.
+    All three have the same expectation. Torque noise ``torque_noise`` is environment noise: the rollout meets it,
+    the score (of the action noise only) does not contain it, and the noise-free baseline rollout replays the same
+    draws (it is noise-free in the action only, so it still does not depend on ``eps``).
 
     Args and returns as :func:`first_order_gradients`: ``gradients [N, P]``, ``returns [N]``; ``baseline`` is one of
     :data:`LR_BASELINES`.
     """
-    _check_inputs(th, thdot, horizon, noise, sigma)
+    _check_inputs(th, thdot, horizon, noise, sigma, torque_noise)
     if baseline not in LR_BASELINES:
         raise ValueError(f"baseline must be one of {list(LR_BASELINES)}, got {baseline!r}")
-    observations, rewards = _rollout(policy, th, thdot, params, noise, sigma)
+    constants = _step_constants(params, features, torque_noise)
+    observations, rewards = _rollout(policy, th, thdot, constants, noise, sigma, torque_noise)
     returns = rewards.sum(-1)
     if baseline == "none":
         advantages = returns[:, None].expand_as(rewards)
     else:
         advantages = reward_to_go(rewards)
         if baseline == "reward_to_go_baseline":
-            _, noise_free_rewards = _rollout(policy, th, thdot, params, torch.zeros_like(noise), sigma)
+            _, noise_free_rewards = _rollout(policy, th, thdot, constants, torch.zeros_like(noise), sigma,
+                                             torque_noise)
             advantages = advantages - reward_to_go(noise_free_rewards)
     return PerSampleGradients(policy_gradient_terms(policy, observations, advantages * noise / sigma), returns)
 
@@ -420,7 +505,7 @@ def cosine_similarity(first: GradientMoments, second: GradientMoments) -> tuple[
 
 # ---------------------------------------------------------------------------------------------------- the study
 class StudyPolicy(NamedTuple):
-    """A policy the gradient is measured at, with where it came from and its protocol evaluation."""
+    """A policy the gradient is measured at, with where it came from and its protocol evaluation (on one preset)."""
 
     policy: nn.Module
     source: str
@@ -429,54 +514,128 @@ class StudyPolicy(NamedTuple):
 
 
 def sample_generator(seed: int, policy: str, horizon: int, estimator: str) -> torch.Generator:
-    """A CPU generator, distinct and reproducible for every (policy, horizon, estimator): independent samples."""
+    """A CPU generator, distinct and reproducible for every (policy, horizon, estimator): independent samples.
+
+    It draws the initial states and the action noise; it does not depend on the preset, so every preset meets the
+    same draws (common random numbers: comparisons between presets are paired)."""
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{policy}/{horizon}/{estimator}".encode()))
 
 
+def physics_generator(seed: int, physics: str, policy: str, horizon: int, estimator: str) -> torch.Generator:
+    """A CPU generator for the preset's own randomness (per-sample parameters, torque noise) of one (physics,
+    policy, horizon, estimator), independent of :func:`sample_generator`'s."""
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{physics}/{policy}/{horizon}/{estimator}".encode()))
+
+
+class StudySamples(NamedTuple):
+    """The randomness of ``N`` samples of an ``H``-step rollout on one preset, float64 on the CPU."""
+
+    th: Tensor  # [N] initial angles (in the wall's range when the preset has a wall)
+    thdot: Tensor  # [N] initial angular velocities
+    noise: Tensor  # [N, H] standard-normal action noise eps
+    params: PendulumParams  # each [N] when the preset draws parameters per episode, else 0-d (one pendulum for all)
+    torque_noise: Tensor | None  # [N, H] standard-normal torque noise xi; None when the preset has none
+
+    def chunk(self, rows: slice, device: torch.device, dtype: torch.dtype) -> StudySamples:
+        """Rows ``rows`` of every per-sample tensor (0-d parameters are shared), cast to ``device`` and ``dtype``."""
+        def cast(x: Tensor) -> Tensor:
+            return (x[rows] if x.dim() else x).to(device=device, dtype=dtype)
+
+        return StudySamples(cast(self.th), cast(self.thdot), cast(self.noise), PendulumParams(*map(cast, self.params)),
+                            None if self.torque_noise is None else cast(self.torque_noise))
+
+
+def draw_samples(physics: Physics, samples: int, horizon: int, generator: torch.Generator,
+                 physics_generator: torch.Generator | None = None) -> StudySamples:
+    """``samples`` independent samples of an ``horizon``-step rollout on ``physics``, all drawn at once (float64, CPU).
+
+    ``generator`` draws the initial states (``physics.initial_state``: Gymnasium's reset, represented in the wall's
+    range when there is one) and then the action noise ``[N, H]``, exactly as on default physics; ``physics_generator``
+    (default: ``generator`` itself) draws the preset's own randomness: first its per-episode parameters (one draw per
+    sample, only for presets with ranges), then its torque noise ``[N, H]`` (only with torque noise). So a preset
+    without either draws nothing more than default physics.
+    """
+    extra = generator if physics_generator is None else physics_generator
+    params = physics.params((samples,) if physics.ranges else (), extra, dtype=torch.float64)
+    th, thdot = physics.initial_state((samples,), generator, dtype=torch.float64, params=params)
+    noise = torch.randn((samples, horizon), generator=generator, dtype=torch.float64)
+    torque_noise = (torch.randn((samples, horizon), generator=extra, dtype=torch.float64) if physics.features.noise
+                    else None)
+    return StudySamples(th, thdot, noise, params, torque_noise)
+
+
 def estimate_gradients(estimator: str, policy: nn.Module, config: GradientStudyConfig, horizon: int,
-                       generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> GradientMoments:
+                       generator: torch.Generator, device: torch.device, dtype: torch.dtype,
+                       physics: Physics | None = None,
+                       physics_generator: torch.Generator | None = None) -> GradientMoments:
     """The moments of ``config.samples`` per-sample gradients of one estimator, ``config.chunk`` samples at a time.
 
-    States and noise (``[N]`` and ``[N, H]``, small beside ``[N, P]``) are drawn at once on the CPU in float64 and
-    cast chunk by chunk, so every chunk size, device and dtype sees the same samples.
+    States, parameters and noise (:func:`draw_samples`: ``[N]`` and ``[N, H]``, small beside ``[N, P]``) are drawn
+    at once on the CPU in float64 and cast chunk by chunk, so every chunk size, device and dtype sees the same
+    samples. ``physics`` defaults to default physics; ``physics_generator`` draws its own randomness (see
+    :func:`draw_samples`).
     """
-    th, thdot = sample_initial_state((config.samples,), generator, dtype=torch.float64)
-    noise = torch.randn((config.samples, horizon), generator=generator, dtype=torch.float64)
-    params = PendulumParams.default(device=device, dtype=dtype)
-    options = {"baseline": config.likelihood_ratio_baseline} if estimator == "likelihood_ratio" else {}
+    physics = PRESETS["default"] if physics is None else physics
+    drawn = draw_samples(physics, config.samples, horizon, generator, physics_generator)
+    options: dict[str, Any] = {"features": physics.features}
+    if estimator == "likelihood_ratio":
+        options["baseline"] = config.likelihood_ratio_baseline
     moments = GradientMoments(config.samples)
     for lo in range(0, config.samples, config.chunk):
-        rows = slice(lo, lo + config.chunk)
-        part = ESTIMATOR_FUNCTIONS[estimator](policy, *(x[rows].to(device=device, dtype=dtype) for x in (th, thdot)),
-                                              params, horizon, noise[rows].to(device=device, dtype=dtype),
-                                              config.action_noise, **options)
+        part_samples = drawn.chunk(slice(lo, lo + config.chunk), device, dtype)
+        part = ESTIMATOR_FUNCTIONS[estimator](policy, part_samples.th, part_samples.thdot, part_samples.params,
+                                              horizon, part_samples.noise, config.action_noise,
+                                              torque_noise=part_samples.torque_noise, **options)
         if not bool(torch.isfinite(part.gradients).all()):
-            log.warning("%s, H=%d: non-finite per-sample gradients in samples %d..", estimator, horizon, lo)
+            log.warning("%s, %s physics, H=%d: non-finite per-sample gradients in samples %d..", estimator,
+                        physics.name, horizon, lo)
         moments.add(part.gradients, part.returns)
     return moments
 
 
+def random_policy(config: GradientStudyConfig, physics: Physics, device: torch.device, dtype: torch.dtype
+                  ) -> nn.Module:
+    """The study's fresh initialisation (seed ``config.seed``), squashed to ``physics.max_torque``: the same weights
+    on every preset."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return make_policy(config.hidden_sizes, config.activation, physics.max_torque, device=device, dtype=dtype)
+
+
 def study_policies(config: GradientStudyConfig, directory: Path, device: torch.device, dtype: torch.dtype,
-                   quiet: bool) -> dict[str, StudyPolicy]:
-    """The policies of ``config.policies``; the trained one is trained into ``directory / "trained_policy"``
-    (reused when that run finished with the same config)."""
-    out = {}
-    if "random" in config.policies:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            policy = make_policy(config.hidden_sizes, config.activation, device=device, dtype=dtype)
-        out["random"] = StudyPolicy(policy, f"fresh initialisation, seed {config.seed}",
-                                    evaluate_policy(policy, device=device, dtype=dtype))
-    if "trained" in config.policies:
-        summary = None
-        if config.trained.path:
-            path, source = Path(config.trained.path), f"loaded from {config.trained.path}"
-        else:
-            path, summary = _train_policy(config, directory / "trained_policy", str(device), quiet)
-            source = (f"{config.trained.algo}, {summary.get('iterations', '?')} iterations, "
-                      f"{summary['env_steps']:,} env steps, {summary['wall_time_s']:.0f} s, seed {config.seed}")
-        policy = load_policy(path).to(device=device, dtype=dtype)
-        out["trained"] = StudyPolicy(policy, source, evaluate_policy(policy, device=device, dtype=dtype), summary)
+                   quiet: bool) -> dict[str, dict[str, StudyPolicy]]:
+    """``{preset: {policy: StudyPolicy}}`` for ``config.physics`` x ``config.policies``, each evaluated on its preset.
+
+    The trained policy is loaded from ``trained.path`` (per preset when it holds ``{physics}``; a missing file is a
+    :class:`ConfigError` before anything runs) or trained once into ``directory / "trained_policy"`` (reused when
+    that run finished with the same config) and then measured on every preset.
+    """
+    config.check_trained_paths()
+    trained: dict[Path, tuple[nn.Module, str, dict | None]] = {}  # one load (or training) per policy file
+    if "trained" in config.policies and not config.trained.path:
+        path, summary = _train_policy(config, directory / "trained_policy", str(device), quiet)
+        source = (f"{config.trained.algo}, {summary.get('iterations', '?')} iterations, "
+                  f"{summary['env_steps']:,} env steps, {summary['wall_time_s']:.0f} s, seed {config.seed}")
+        trained[path] = (load_policy(path).to(device=device, dtype=dtype), source, summary)
+    paths = config.trained_paths()
+    out: dict[str, dict[str, StudyPolicy]] = {}
+    for name in config.physics:
+        physics = get_physics(name)
+        policies = {}
+        if "random" in config.policies:
+            policy = random_policy(config, physics, device, dtype)
+            squash = "" if physics.max_torque == MAX_TORQUE else f", squashed to max_torque {physics.max_torque:g}"
+            policies["random"] = StudyPolicy(policy, f"fresh initialisation, seed {config.seed}{squash}",
+                                             evaluate_policy(policy, device=device, dtype=dtype, physics=physics))
+        if "trained" in config.policies:
+            path = paths[name] if paths else next(iter(trained))  # from trained.path, or the one trained here
+            if path not in trained:
+                trained[path] = (load_policy(path).to(device=device, dtype=dtype), f"loaded from {path}", None)
+            policy, source, summary = trained[path]
+            policies["trained"] = StudyPolicy(policy, source,
+                                              evaluate_policy(policy, device=device, dtype=dtype, physics=physics),
+                                              summary)
+        out[name] = policies
     return out
 
 
@@ -498,26 +657,30 @@ def _train_policy(config: GradientStudyConfig, run_directory: Path, device: str,
     return run_directory / "policy.pt", summary
 
 
-def measure(config: GradientStudyConfig, policies: Mapping[str, StudyPolicy], device: torch.device,
+def measure(config: GradientStudyConfig, policies: Mapping[str, Mapping[str, StudyPolicy]], device: torch.device,
             dtype: torch.dtype, quiet: bool = False) -> list[dict[str, Any]]:
-    """Every (policy, horizon, estimator): the rows of ``gradient_study.csv`` (see :data:`CSV_COLUMNS`)."""
+    """Every (physics, policy, horizon, estimator) of ``policies`` (``{preset: {policy: StudyPolicy}}``, as
+    :func:`study_policies` gives them): the rows of ``gradient_study.csv`` (see :data:`CSV_COLUMNS`), in that order."""
     rows = []
-    bar = tqdm(total=len(policies) * len(config.horizons) * len(ESTIMATORS), disable=quiet, unit="estimate",
-               desc="gradients", dynamic_ncols=True, leave=False)
-    for name, study_policy in policies.items():
-        for horizon in config.horizons:
-            estimates = {}
-            for estimator in ESTIMATORS:
-                bar.set_postfix(policy=name, H=horizon, estimator=estimator)
-                generator = sample_generator(config.seed, name, horizon, estimator)
-                estimates[estimator] = estimate_gradients(estimator, study_policy.policy, config, horizon, generator,
-                                                          device, dtype)
-                bar.update(1)
-            cosine, cosine_se = cosine_similarity(*(estimates[e] for e in ESTIMATORS))
-            for estimator in ESTIMATORS:
-                rows.append({"policy": name, "horizon": horizon, "estimator": estimator,
-                             "lr_baseline": config.likelihood_ratio_baseline, **estimates[estimator].statistics(),
-                             "cosine": cosine, "cosine_se": cosine_se})
+    total = sum(len(by_policy) for by_policy in policies.values()) * len(config.horizons) * len(ESTIMATORS)
+    bar = tqdm(total=total, disable=quiet, unit="estimate", desc="gradients", dynamic_ncols=True, leave=False)
+    for physics_name, by_policy in policies.items():
+        physics = get_physics(physics_name)
+        for name, study_policy in by_policy.items():
+            for horizon in config.horizons:
+                estimates = {}
+                for estimator in ESTIMATORS:
+                    bar.set_postfix(physics=physics_name, policy=name, H=horizon, estimator=estimator)
+                    estimates[estimator] = estimate_gradients(
+                        estimator, study_policy.policy, config, horizon,
+                        sample_generator(config.seed, name, horizon, estimator), device, dtype, physics,
+                        physics_generator(config.seed, physics_name, name, horizon, estimator))
+                    bar.update(1)
+                cosine, cosine_se = cosine_similarity(*(estimates[e] for e in ESTIMATORS))
+                for estimator in ESTIMATORS:
+                    rows.append({"physics": physics_name, "policy": name, "horizon": horizon, "estimator": estimator,
+                                 "lr_baseline": config.likelihood_ratio_baseline, **estimates[estimator].statistics(),
+                                 "cosine": cosine, "cosine_se": cosine_se})
     bar.close()
     return [{key: row[key] for key in CSV_COLUMNS} for row in rows]
 
@@ -525,7 +688,12 @@ def measure(config: GradientStudyConfig, policies: Mapping[str, StudyPolicy], de
 def run_gradient_study(path: str | Path, results: str | Path = "results", device: str | None = None,
                        quiet: bool = False) -> dict[str, Any]:
     """Runs the ``[gradient_study]`` of the experiment file ``path``: ``<results>/<file stem>/gradient_study.csv``,
-    ``config.json`` and ``trained_policy/`` (``scripts/gradient_report.py`` draws the figures and the report).
+    ``config.json`` and, when the study trains its policy, ``trained_policy/`` (``scripts/gradient_report.py`` draws
+    the figures and the report).
+
+    ``config.json`` holds ``physics`` (each preset's description, fixed values and ranges), ``physics_policies``
+    (``{preset: {policy: {source, parameters, eval, training_eval}}}``, ``eval`` on that preset) and, for a study on
+    one preset, ``policies`` (that preset's entry, the layout of single-preset studies).
 
     Args:
         path: the TOML file.
@@ -534,13 +702,18 @@ def run_gradient_study(path: str | Path, results: str | Path = "results", device
         quiet: no progress bars.
 
     Returns:
-        ``{"directory", "rows", "policies", "wall_time_s"}``: the CSV rows and each policy's source and evaluation.
+        ``{"directory", "rows", "physics_policies", "wall_time_s"}`` (and ``"policies"`` on one preset): the CSV rows
+        and each policy's source and evaluation.
+
+    Raises:
+        ConfigError: a bad config, or a ``trained.path`` that resolves to a missing file (before anything runs).
     """
     start = time.perf_counter()
     path = Path(path)
     config = load_study_config(path)
     if device is not None:
         config.device = device
+    config.check_trained_paths()
     torch_device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     directory = Path(results) / path.stem
@@ -549,17 +722,24 @@ def run_gradient_study(path: str | Path, results: str | Path = "results", device
     policies = study_policies(config, directory, torch_device, dtype, quiet)
     rows = measure(config, policies, torch_device, dtype, quiet)
     wall_time_s = time.perf_counter() - start
-    policy_info = {
-        name: {"source": p.source, "parameters": sum(x.numel() for x in p.policy.parameters()),
-               "eval": p.evaluation, "training_eval": (p.training or {}).get("eval")}
-        for name, p in policies.items()
+    physics_policies = {
+        physics: {name: {"source": p.source, "parameters": sum(x.numel() for x in p.policy.parameters()),
+                         "eval": p.evaluation, "training_eval": (p.training or {}).get("eval")}
+                  for name, p in by_policy.items()}
+        for physics, by_policy in policies.items()
     }
+    single = {"policies": physics_policies[config.physics[0]]} if len(config.physics) == 1 else {}
+    presets = {name: {"description": preset.description, "fixed": preset.fixed,
+                      "ranges": {k: list(v) for k, v in preset.ranges.items()}}
+               for name, preset in ((name, get_physics(name)) for name in config.physics)}
     atomic_write_text(directory / "gradient_study.csv", rows_to_csv(rows))
     atomic_write_json(directory / "config.json", {
         "experiment": path.stem,
         "source": str(path),
         "config": to_dict(config),
-        "policies": policy_info,
+        "physics": presets,
+        **single,
+        "physics_policies": physics_policies,
         "jackknife_groups": JACKKNIFE_GROUPS,
         "wall_time_s": wall_time_s,
         "git_commit": git_commit(),
@@ -568,7 +748,8 @@ def run_gradient_study(path: str | Path, results: str | Path = "results", device
     })
     log.info("gradient study measured into %s (%.0f s); figures and REPORT.md: python scripts/gradient_report.py %s",
              directory, wall_time_s, directory)
-    return {"directory": str(directory), "rows": rows, "policies": policy_info, "wall_time_s": wall_time_s}
+    return {"directory": str(directory), "rows": rows, **single, "physics_policies": physics_policies,
+            "wall_time_s": wall_time_s}
 
 
 def rows_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -4,6 +4,7 @@ a tiny measurement (its figures and report: tests/scripts/test_gradient_report.p
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import research.analysis.gradients as gradients
 from research.analysis.gradients import (
     CSV_COLUMNS,
     ESTIMATORS,
@@ -21,15 +23,22 @@ from research.analysis.gradients import (
     GradientMoments,
     GradientStudyConfig,
     cosine_similarity,
+    draw_samples,
+    estimate_gradients,
     first_order_gradients,
     likelihood_ratio_gradients,
     load_study_config,
+    physics_generator,
     reward_to_go,
+    run_gradient_study,
+    sample_generator,
 )
 from research.config import ConfigError, from_dict
 from research.envs.physics import PendulumParams, observation, pendulum_step, sample_initial_state
+from research.envs.presets import PRESETS, get_physics
 from research.experiment import run_experiment
-from research.policies import make_policy
+from research.policies import make_policy, save_policy
+from research.rollout import fused_rollout, initial_state
 
 DTYPE = torch.float64
 
@@ -283,3 +292,173 @@ def test_unknown_keys_are_errors_naming_them(tmp_path):
     path.write_text("[gradient_study]\n[bptt]\n")
     with pytest.raises(ConfigError, match="bptt"):
         load_study_config(path)
+
+
+# ---------------------------------------------------------------------------------------------------- physics presets
+def test_physics_must_be_distinct_presets(tmp_path):
+    for bad in (["default", "walll"], [], ["wall", "wall"]):
+        with pytest.raises(ConfigError) as info:
+            from_dict(GradientStudyConfig, {"physics": bad}, prefix="gradient_study.")
+        message = str(info.value)
+        assert message.startswith("gradient_study.physics") and "\n" not in message
+        assert all(name in message for name in PRESETS)  # lists the valid names
+    path = tmp_path / "study.toml"
+    path.write_text('[gradient_study]\nphysics = ["noisy", "Wall"]\n')
+    with pytest.raises(ConfigError, match=r"gradient_study\.physics .*'Wall'"):
+        load_study_config(path)
+    assert GradientStudyConfig().physics == ["default"]
+
+
+def test_preset_samples_share_states_and_action_noise_and_add_their_own_draws():
+    def draw(name, samples=6, horizon=3):
+        return draw_samples(get_physics(name), samples, horizon, sample_generator(0, "random", horizon, "first_order"),
+                            physics_generator(0, name, "random", horizon, "first_order"))
+
+    default = draw("default")
+    assert default.torque_noise is None and all(p.dim() == 0 for p in default.params)
+    for name in ("wall", "noisy", "randomized"):
+        drawn = draw(name)
+        torch.testing.assert_close(drawn.noise, default.noise, rtol=0, atol=0)  # common random numbers
+        torch.testing.assert_close(drawn.thdot, default.thdot, rtol=0, atol=0)
+        torch.testing.assert_close(drawn.th.sin(), default.th.sin())  # the same physical angles
+    wall = draw("wall")
+    phi = get_physics("wall").value("wall_angle")
+    assert bool(((wall.th <= phi) & (wall.th >= phi - 2 * torch.pi)).all())
+    assert bool((wall.th != default.th).any())  # some angles were moved into the wall's range
+    noisy = draw("noisy")
+    assert noisy.torque_noise.shape == (6, 3) and float(noisy.params.torque_noise) == 0.5
+    randomized = draw("randomized")
+    assert randomized.params.m.shape == randomized.params.l.shape == (6,) and randomized.torque_noise is None
+    assert len(set(randomized.params.m.tolist())) == 6 and bool(((randomized.params.l >= 0.7) &
+                                                                (randomized.params.l <= 1.3)).all())
+    # Chunks see the same per-sample parameters and torque noise: the moments do not depend on the chunk size.
+    policy = _policy((8, 8))
+    for name in ("randomized", "noisy"):
+        config = GradientStudyConfig(physics=[name], samples=8, horizons=[4])
+        moments = []
+        for chunk in (3, 8):
+            config.chunk = chunk
+            moments.append(estimate_gradients(
+                "first_order", policy, config, 4, sample_generator(0, "random", 4, "first_order"), torch.device("cpu"),
+                DTYPE, get_physics(name), physics_generator(0, name, "random", 4, "first_order")))
+        torch.testing.assert_close(moments[0].mean, moments[1].mean, rtol=1e-12, atol=0)
+
+
+def _save_policies(root: Path, presets, hidden_sizes=(8, 8)) -> None:
+    for i, name in enumerate(presets):
+        torch.manual_seed(100 + i)
+        (root / name).mkdir(parents=True, exist_ok=True)
+        save_policy(make_policy(list(hidden_sizes), "tanh", get_physics(name).max_torque), root / name / "policy.pt")
+
+
+TWO_PRESET_STUDY = """
+[gradient_study]
+physics = ["wall_soft", "noisy"]
+horizons = [1, 5]
+samples = 8
+chunk = 5
+hidden_sizes = [8, 8]
+seed = 1
+dtype = "float64"
+[gradient_study.trained]
+path = "{root}/{{physics}}/policy.pt"
+"""
+
+
+def _mean_return(policy, physics, th, thdot, noise, sigma, torque_noise=None):
+    """The mean return of ``a_t = policy(s_t) + sigma * noise[:, t]`` by research.rollout.fused_rollout (the trainers'
+    rollout), torque noise passed to it: an independent path to the objective the study differentiates."""
+    steps = iter(range(noise.shape[1]))
+    noisy_policy = lambda obs: policy(obs) + sigma * noise[:, next(steps), None]  # noqa: E731
+    params = physics.params((), dtype=DTYPE)
+    return fused_rollout(noisy_policy, initial_state(th, thdot), params, noise.shape[1], features=physics.features,
+                         noise=torque_noise).rewards.sum(-1).mean()
+
+
+def test_two_preset_study_rows_and_first_order_against_autograd_and_finite_differences(tmp_path):
+    _save_policies(tmp_path / "policies", ["wall_soft", "noisy"])
+    path = tmp_path / "two_presets.toml"
+    path.write_text(TWO_PRESET_STUDY.format(root=tmp_path / "policies"))
+    result = run_experiment(path, tmp_path / "results", quiet=True)
+    out = tmp_path / "results" / "two_presets"
+    with (out / "gradient_study.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == CSV_COLUMNS and CSV_COLUMNS[0] == "physics"
+    assert [(r["physics"], r["policy"], int(r["horizon"]), r["estimator"]) for r in rows] == [
+        (ph, p, h, e) for ph in ("wall_soft", "noisy") for p in ("random", "trained") for h in (1, 5) for e in ESTIMATORS
+    ]
+    info = json.loads((out / "config.json").read_text())
+    assert "policies" not in info and list(info["physics_policies"]) == ["wall_soft", "noisy"]
+    assert info["physics"]["noisy"]["fixed"] == {"torque_noise": 0.5}
+    for name in ("wall_soft", "noisy"):  # {physics} resolved per preset
+        assert info["physics_policies"][name]["trained"]["source"] == \
+            f"loaded from {tmp_path / 'policies' / name / 'policy.pt'}"
+    assert result["physics_policies"] == info["physics_policies"]
+    assert not (out / "trained_policy").exists()  # nothing trained
+
+    config = load_study_config(path)
+    sigma, horizon = config.action_noise, 5
+    norm = {(r["physics"], r["policy"], int(r["horizon"]), r["estimator"]): float(r["grad_norm"]) for r in rows}
+    for name in ("wall_soft", "noisy"):
+        physics = get_physics(name)
+        torch.manual_seed(config.seed)  # the study's random policy: its seed, squashed to the preset's max torque
+        policy = make_policy([8, 8], "tanh", physics.max_torque, dtype=DTYPE)
+        generator = sample_generator(config.seed, "random", horizon, "first_order")
+        th, thdot = physics.initial_state((8,), generator, dtype=DTYPE)
+        noise = torch.randn((8, horizon), generator=generator, dtype=DTYPE)
+        torque_noise = (torch.randn((8, horizon), generator=physics_generator(config.seed, name, "random", horizon,
+                                                                              "first_order"), dtype=DTYPE)
+                        if physics.features.noise else None)
+        parameters = list(policy.parameters())
+        objective = functools.partial(_mean_return, policy, physics, th, thdot, noise, sigma, torque_noise)
+        exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(objective(), parameters)])
+        assert norm[(name, "random", horizon, "first_order")] == pytest.approx(exact.norm().item(), rel=1e-9)
+        if torque_noise is not None:  # the torque noise matters: without it the gradient is another one
+            parameters_free = torch.autograd.grad(_mean_return(policy, physics, th, thdot, noise, sigma,
+                                                               torch.zeros_like(torque_noise)), parameters)
+            assert abs(torch.cat([g.reshape(-1) for g in parameters_free]).norm().item() / exact.norm().item() - 1) > 1e-3
+        else:  # noise-free and smooth (soft wall): a central finite difference along a random direction agrees
+            direction = [torch.randn(p.shape, generator=torch.Generator().manual_seed(7), dtype=DTYPE)
+                         for p in parameters]
+            step = 1e-6
+            with torch.no_grad():
+                values = []
+                for sign in (1.0, -1.0):
+                    for p, d in zip(parameters, direction, strict=True):
+                        p.add_(sign * step * d)
+                    values.append(objective().item())
+                    for p, d in zip(parameters, direction, strict=True):
+                        p.sub_(sign * step * d)
+            slope = sum((g * d).sum() for g, d in zip(torch.autograd.grad(objective(), parameters), direction,
+                                                      strict=True)).item()
+            assert (values[0] - values[1]) / (2 * step) == pytest.approx(slope, rel=1e-5)
+            assert abs(slope) > 1e-3
+
+
+def test_trained_path_per_preset_and_its_missing_file_error(tmp_path, monkeypatch):
+    template = str(tmp_path / "{physics}" / "policy.pt")
+    config = GradientStudyConfig(physics=["wall", "noisy"], trained=gradients.TrainedPolicyConfig(path=template))
+    assert config.trained_paths() == {"wall": tmp_path / "wall" / "policy.pt", "noisy": tmp_path / "noisy" / "policy.pt"}
+    shared = GradientStudyConfig(physics=["wall", "noisy"],
+                                 trained=gradients.TrainedPolicyConfig(path=str(tmp_path / "one.pt")))
+    assert set(shared.trained_paths().values()) == {tmp_path / "one.pt"}  # no {physics}: one policy for all
+
+    _save_policies(tmp_path, ["wall"])  # noisy's is missing
+    path = tmp_path / "missing.toml"
+    path.write_text(f'[gradient_study]\nphysics = ["wall", "noisy"]\nhidden_sizes = [8, 8]\n'
+                    f'[gradient_study.trained]\npath = "{template}"\n')
+
+    def never(*args, **kwargs):
+        raise AssertionError("the study ran before checking the policy files")
+
+    monkeypatch.setattr(gradients, "measure", never)
+    monkeypatch.setattr(gradients, "evaluate_policy", never)
+    with pytest.raises(ConfigError) as info:
+        run_gradient_study(path, tmp_path / "results", quiet=True)
+    message = str(info.value)
+    assert "gradient_study.trained.path" in message and "\n" not in message
+    assert str(tmp_path / "noisy" / "policy.pt") in message and str(tmp_path / "wall" / "policy.pt") not in message
+    assert not (tmp_path / "results").exists()
+    # Only the trained policy needs the files.
+    assert GradientStudyConfig(physics=["noisy"], policies=["random"],
+                               trained=gradients.TrainedPolicyConfig(path=template)).check_trained_paths() is None

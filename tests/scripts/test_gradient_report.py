@@ -61,7 +61,8 @@ def test_tiny_study_end_to_end_writes_every_output(tmp_path):
     trained_eval = result["policies"]["trained"]["training_eval"]["return_mean"]
     assert f"eval.return_mean = {trained_eval:.1f}" in report
     assert "## Findings" in report and "![" in report
-    assert "| " + " | ".join(CSV_COLUMNS) + " |" in report
+    # One preset: the table as before the physics column (the preset is in the text), one line per CSV row.
+    assert "| " + " | ".join(c for c in CSV_COLUMNS if c != "physics") + " |" in report and "| physics |" not in report
     assert report.count("\n| random |") + report.count("\n| trained |") == 8  # one table line per CSV row
 
 
@@ -107,3 +108,63 @@ def test_a_directory_without_a_study_is_an_error_naming_the_files(tmp_path):
     assert done.returncode != 0 and "gradient_study.csv" in done.stderr
     missing = run_report(tmp_path / "nope")
     assert missing.returncode != 0 and "no experiment directory" in missing.stderr
+
+
+def multi_preset_study(exp_dir: Path) -> None:
+    """Two presets, two policies: zeroth-order variance 1 everywhere, first order ``c * H`` with ``c`` = 1e-3 on
+    default physics (below at every horizon) and 0.04 on the wall (ratios 0.04, 0.4, 4: above from H = 100 on)."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    scale = {"default": 1e-3, "wall": 0.04}
+    rows = [{"physics": ph, "policy": p, "horizon": h, "estimator": e, "lr_baseline": "reward_to_go_baseline",
+             "grad_norm": 1.0, "mean_sample_norm": 2.0, "median_sample_norm": 1.0, "variance_mean": 0.01,
+             "variance_total": scale[ph] * h if e == "first_order" else 1.0, "relative_se": 0.01, "cosine": 0.99,
+             "cosine_se": 0.001, "return_mean": -3.0 * h, "samples": 100}
+            for ph in scale for p in ("random", "trained") for h in (1, 10, 100) for e in ESTIMATORS]
+    (exp_dir / "gradient_study.csv").write_text(rows_to_csv(rows))
+    config = {"description": "synthetic", "horizons": [1, 10, 100], "samples": 100, "chunk": 50, "dtype": "float64",
+              "action_noise": 0.3, "likelihood_ratio_baseline": "reward_to_go_baseline", "physics": list(scale)}
+    policy = {"source": "made up", "parameters": 5, "training_eval": None,
+              "eval": {"return_mean": -1200.0, "success_rate": 0.0}}
+    (exp_dir / "config.json").write_text(json.dumps({
+        "experiment": exp_dir.name, "source": f"experiments/{exp_dir.name}.toml", "config": config,
+        "physics": {"default": {"description": "Gymnasium"}, "wall": {"description": "a hard wall"}},
+        "physics_policies": {ph: {"random": policy, "trained": policy} for ph in scale},
+        "jackknife_groups": 20, "wall_time_s": 1.0, "git_commit": "abc", "device": "cpu"}))
+
+
+def test_a_multi_preset_study_gets_cross_preset_figures_and_tables(tmp_path, report_module, capsys):
+    out = tmp_path / "results" / "multi"
+    multi_preset_study(out)
+    assert report_module.main([str(out)]) == 0
+    for name in report_module.PHYSICS_FIGURES:
+        assert (out / "figures" / name).stat().st_size > 10_000, name
+    for preset in ("default", "wall"):
+        for name in report_module.FIGURES:
+            assert (out / "figures" / preset / name).is_file(), (preset, name)
+    assert not (out / "figures" / "cosine.png").exists()  # the single-preset figures live per preset here
+    report = (out / "REPORT.md").read_text()
+    assert "### Across presets" in report and "### default" in report and "### wall" in report
+    assert "(figures/physics_variance_ratio.png)" in report and "(figures/wall/cosine.png)" in report
+    assert "wall: from H = 100 on (ratio 0.4 at H = 10, 4 at H = 100)" in report
+    assert "default: below at H = 100 (ratio 0.1)" in report
+    assert "relative to default (0.1): wall 40x, default 1x" in report
+    assert "- **wall**: a hard wall" in report
+    # Per-preset tables at the measured horizons nearest to 1, 20, 64 and 200: here 1, 10 (for 20) and 100.
+    assert "\n| wall | 10 | 1 | 0.4 | 0.01 | 1 | 1 | 0.01 | 0.4 | 0.99 ± 0.00 | -30 |" in report
+    assert report.count("\n| default | 100 |") == 2  # one per policy table
+    # The full results table keeps the physics column: one line per CSV row.
+    assert report.count("\n| default | random |") + report.count("\n| wall | trained |") == 12
+
+
+def test_table_horizons_and_csvs_without_a_physics_column(tmp_path, report_module):
+    assert report_module.table_horizons([1, 5, 20, 64, 100, 200]) == [1, 20, 64, 200]
+    assert report_module.table_horizons([1, 2, 5, 10, 20, 50, 100, 200]) == [1, 20, 50, 200]
+    assert report_module.table_horizons([5, 1]) == [1, 5]
+    old = tmp_path / "old"
+    synthetic_study(old, 1e-3)
+    lines = (old / "gradient_study.csv").read_text().splitlines()  # as written before the physics column existed
+    (old / "gradient_study.csv").write_text("\n".join(line.split(",", 1)[1] for line in lines) + "\n")
+    columns, rows, _ = report_module.load_study(old)
+    assert "physics" not in columns and {r["physics"] for r in rows} == {"default"}
+    assert run_report(old).returncode == 0
+    assert "\n| random | 1 | first_order |" in (old / "REPORT.md").read_text()
