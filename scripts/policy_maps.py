@@ -262,9 +262,20 @@ def critic_note(exp_dir: Path, controllers: Sequence[Controller]) -> str:
     return "No run saves a learned critic; every panel is computed from the policies (and the DP)."
 
 
+def runs_directory(exp_dir: Path) -> tuple[Path, str]:
+    """Where the mapped runs lie, and a note for the report: ``exp_dir`` itself, or with a physics axis
+    (``<exp>/<physics>/<algo>/seed_<k>``) its ``default/`` preset, since the maps and the DP reference here are of
+    default physics."""
+    if not any(exp_dir.glob("*/seed_*")) and any((exp_dir / "default").glob("*/seed_*")):
+        return exp_dir / "default", ("The runs span several physics presets; these maps are of the `default` preset's "
+                                     "runs only (the maps, their rollouts and the DP reference are of default physics).")
+    return exp_dir, ""
+
+
 def make_maps(exp_dir: Path, grid: int = 101, value_grid: int = 61, seed: str | int = "median",
               optimal: bool = True, num_episodes: int = 1000) -> list[Path]:
-    controllers = experiment_controllers(exp_dir, seed)
+    runs_dir, scope = runs_directory(exp_dir)
+    controllers = experiment_controllers(runs_dir, seed)
     if not controllers:
         print(f"{exp_dir}: no finished run with a policy.pt; no maps")
         return []
@@ -292,8 +303,8 @@ def make_maps(exp_dir: Path, grid: int = 101, value_grid: int = 61, seed: str | 
         else:
             values.append((return_map(c, vth, vthdot), vth, vthdot))
             titles.append(f"{_label(c)}: its 200-step return")
-    note = critic_note(exp_dir, controllers)
-    saved_critic = any(exp_dir.glob("*/seed_*/critic.pt"))
+    note = critic_note(runs_dir, controllers)
+    saved_critic = any(runs_dir.glob("*/seed_*/critic.pt"))
     plot_value_map(figures / FIGURES[1], controllers, values, trajs, titles, f"{tag}: value over the state space"
                    + ("" if saved_critic else " (no run saves a learned critic: each policy's value is simulated)"))
 
@@ -313,6 +324,8 @@ def make_maps(exp_dir: Path, grid: int = 101, value_grid: int = 61, seed: str | 
                  f"{tag}: return lost at each of the {num_episodes} evaluation starts, against {reference}")
     text = fragment(exp_dir, controllers, gaps, reference, returns, ref, th0_all, thdot0_all, solution is not None,
                     note, starts, seed)
+    if scope:
+        text = text.replace("## Policy maps\n\n", f"## Policy maps\n\n{scope}\n\n", 1)
     (figures / FRAGMENT).write_text(text)
     written = [figures / name for name in FIGURES] + [figures / FRAGMENT]
     for path in written:

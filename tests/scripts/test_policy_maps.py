@@ -67,3 +67,16 @@ def test_optimal_column_when_a_solution_exists(maps, tmp_path, monkeypatch):
     gaps = [float(row.split("|")[3]) for row in text.splitlines() if row.startswith("| `")]
     assert len(gaps) == 2 and all(g > 0 for g in gaps)  # reference return 0 beats every real return
     assert np.isfinite(gaps).all()
+
+
+def test_a_physics_axis_maps_the_default_presets_runs(maps, tmp_path):
+    exp = tmp_path / "axis"
+    synthetic_experiment(exp / "default")
+    synthetic_experiment(exp / "wall")
+    assert maps.runs_directory(exp)[0] == exp / "default" and "default" in maps.runs_directory(exp)[1]
+    flat = tmp_path / "flat"
+    synthetic_experiment(flat)
+    assert maps.runs_directory(flat) == (flat, "")
+    written = maps.make_maps(exp, grid=5, value_grid=5, optimal=False, num_episodes=20)
+    assert (exp / "figures" / "policy_map.png").is_file() and written
+    assert "several physics presets" in (exp / "figures" / maps.FRAGMENT).read_text()
