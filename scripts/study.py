@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from _rundata import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
-BACKPROP = ("bptt", "shac")
+BACKPROP = ("bptt", "bptt_finetune", "shac")
 """Methods that follow gradients through the simulator."""
 MODEL_FREE = ("ddpg", "td3", "sac")
 """Methods that learn from sampled transitions only."""

@@ -126,7 +126,7 @@ def test_unknown_experiment_lists_the_available_ones(tmp_path):
 
 
 @pytest.mark.parametrize("text, match", [
-    ('[experiment]\nalgos = ["bptt", "ppo"]\n[bptt]\n', r"unknown algorithm 'ppo'.*valid: \['bptt', 'ddpg'"),
+    ('[experiment]\nalgos = ["bptt", "ppo"]\n[bptt]\n', r"unknown algorithm 'ppo'.*valid: \['bptt', 'bptt_finetune', 'ddpg'"),
     ("[experiment]\nseeds = [0]\n", "no algorithm to run"),
     ("[bptt]\n[bptt_typo]\n", r"unknown table \[bptt_typo\]"),
     ("[experiment]\nseeds = [1, 1]\n[bptt]\n", "distinct seeds"),

@@ -19,6 +19,7 @@ class AlgoSpec(NamedTuple):
 
 _REGISTRY = {
     "bptt": AlgoSpec("research.algos.bptt", "BPTTConfig", "train_bptt"),
+    "bptt_finetune": AlgoSpec("research.algos.bptt_finetune", "BPTTFinetuneConfig", "train_bptt_finetune"),
     "ddpg": AlgoSpec("research.algos.ddpg", "DDPGConfig", "train_ddpg"),
     "shac": AlgoSpec("research.algos.shac", "SHACConfig", "train_shac"),
     "td3": AlgoSpec("research.algos.td3", "TD3Config", "train_td3"),

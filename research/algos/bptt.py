@@ -16,6 +16,8 @@ optionally ``torch.compile``-d) and ``rollout = "env"`` (TorchRL's ``env.rollout
 
 The defaults (B=128, H=64, discount 0.98, 1000 iterations, Adam 5e-3 with cosine decay, clip 1.0, 2x64 tanh MLP)
 are the best of the configurations tried on swing-up; ``experiments/bptt_*.toml`` keep the instructive others.
+
+:mod:`research.algos.bptt_finetune` adds a second stage on the evaluation's own objective.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class BPTT:
     def __init__(self, config: BPTTConfig, run: RunContext) -> None:
         self.config, self.run = config, run
         self.iterations = config.iterations
+        self.horizon, self.discount, self.full_horizon = config.horizon, config.discount, not config.window
         self.physics = run.physics
         self.policy = make_policy(config.hidden_sizes, config.activation, self.physics.max_torque, device=run.device,
                                   dtype=run.dtype)
@@ -144,7 +147,7 @@ class BPTT:
         """Rewards ``[B, H]`` (or ``[B, K]`` in truncated mode) of one differentiable rollout of the policy."""
         config, run = self.config, self.run
         features = self.physics.features
-        if config.window:
+        if not self.full_horizon:
             rollout = fused_rollout(self.policy, self.carried, self.params, config.window,
                                     episode_length=config.env.episode_length, generator=run.generator,
                                     features=features, keep_trajectory=bool(self.physics.ranges))
@@ -157,13 +160,13 @@ class BPTT:
         th, thdot = self.physics.initial_state(self.batch, run.generator, run.device, run.dtype, params=self.params)
         if self.env is not None:
             return env_rollout_rewards(self.env, self.policy, th, thdot, self.params, config.horizon)
-        return fused_rollout(self.policy, initial_state(th, thdot), self.params, config.horizon,
+        return fused_rollout(self.policy, initial_state(th, thdot), self.params, self.horizon,
                              compile=config.compile, features=features, generator=run.generator).rewards
 
     def step(self, iteration: int) -> dict[str, Tensor | float]:
         rewards = self.rollout_rewards()
         self.run.budget.add_steps(rewards.numel())
-        loss = horizon_loss(rewards, self.config.discount)
+        loss = horizon_loss(rewards, self.discount)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = self.guard.clip(loss, self.policy.parameters(), self.config.grad_clip)

@@ -111,3 +111,4 @@ def test_horizon_loss_is_weighted_mean_reward():
     early, late = torch.zeros(1, 10), torch.zeros(1, 10)
     early[0, 0], late[0, 9] = -1.0, -1.0
     assert horizon_loss(early, 0.9).item() > horizon_loss(late, 0.9).item() > 0
+
