@@ -158,7 +158,7 @@ def run_status(run: PlannedRun) -> Literal["done", "changed", "incomplete", "new
 def write_manifest(plan: ExperimentPlan, invocation: dict | None = None) -> None:
     """``experiment.json``: the planned runs and their config hashes, read by the aggregation scripts, and the
     ``invocations`` that ran runs (start time, wall-clock, runs run and failed, jobs): earlier ones are kept while
-    the plan is unchanged, ``invocation`` (if given) is appended."""
+    every run they planned is still planned unchanged, ``invocation`` (if given) is appended."""
     plan.directory.mkdir(parents=True, exist_ok=True)
     runs = [{"algo": run.algo, "seed": run.seed, "config_hash": run.config_hash,
              "path": str(run.run_dir.relative_to(plan.directory)), **({"physics": run.physics} if run.physics else {})}
@@ -166,7 +166,7 @@ def write_manifest(plan: ExperimentPlan, invocation: dict | None = None) -> None
     invocations = []
     try:
         previous = json.loads((plan.directory / MANIFEST).read_text())
-        if previous.get("runs") == runs:
+        if all(entry in runs for entry in previous.get("runs", [])):  # the same plan, or one that only grew
             invocations = list(previous.get("invocations", []))
     except (OSError, json.JSONDecodeError):
         pass
