@@ -166,7 +166,9 @@ def wall_clock_lines(manifest: dict) -> list[str]:
     parts = ", ".join(f"{entry['started']}: {entry['runs_completed']} runs in {entry['wall_time_s'] / 60:.1f} min "
                       f"({entry['jobs']} at a time, {entry['cpus_per_run']} CPU each)" for entry in invocations)
     return [f"- Experiment wall-clock: {total / 60:.1f} min for {runs} runs over {len(invocations)} invocation(s) of "
-            f"the runner ({parts}); the runs only, not the aggregation, figures and report."]
+            f"the runner ({parts}); the runs only, not the aggregation, figures and report."
+            + (f" The other {len(manifest.get('runs', [])) - runs} planned runs finished before the runner recorded "
+               "its invocations." if runs < len(manifest.get("runs", [])) else "")]
 
 
 def regenerate_command(exp_dir: Path) -> str:
