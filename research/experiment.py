@@ -48,7 +48,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from research.algos import ALGOS
 from research.config import ConfigError, ExperimentConfig, config_hash, from_dict, load_toml
-from research.rundir import MANIFEST, SUMMARY, atomic_write_bytes, atomic_write_json, run_dir
+from research.rundir import (
+    MANIFEST,
+    RUN_DIR_PATTERNS,
+    SUMMARY,
+    atomic_write_bytes,
+    atomic_write_json,
+    run_dir,
+)
 from research.train import resolve_config, train
 
 log = logging.getLogger("research.experiment")  # the same name when run with -m
@@ -186,7 +193,7 @@ def write_manifest(plan: ExperimentPlan, invocation: dict | None = None) -> None
 
 def _unplanned_run_dirs(plan: ExperimentPlan) -> list[str]:
     planned = {run.run_dir.resolve() for run in plan.runs}
-    found = (p for pattern in ("*/seed_*", "*/*/seed_*") for p in plan.directory.glob(pattern)
+    found = (p for pattern in RUN_DIR_PATTERNS for p in plan.directory.glob(pattern)
              if p.is_dir() and p.resolve() not in planned)
     return sorted(str(p.relative_to(plan.directory)) for p in found)
 

@@ -47,6 +47,11 @@ def run_dir(results: str | os.PathLike, experiment: str, algo: str, seed: int, p
     return (base / physics if physics else base) / algo / f"seed_{seed}"
 
 
+RUN_DIR_PATTERNS = ("*/seed_*", "*/*/seed_*")
+"""Globs, under ``<results>/<experiment>``, of the run directories :func:`run_dir` makes: ``<algo>/seed_<k>`` and,
+with a physics axis, ``<physics>/<algo>/seed_<k>``."""
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` through a temporary file in the same directory and a rename."""
     path = Path(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from research.rundir import CONFIG, EVAL_RETURN, MANIFEST, METRICS, SUMMARY
+from research.rundir import CONFIG, EVAL_RETURN, MANIFEST, METRICS, RUN_DIR_PATTERNS, SUMMARY
 from research.statistics import interquartile_mean
 
 THRESHOLD = -200.0
@@ -75,13 +75,9 @@ def experiment_dir(path: str | Path) -> Path:
     return path
 
 
-RUN_PATTERNS = (f"*/seed_*/{SUMMARY}", f"*/*/seed_*/{SUMMARY}")
-"""Where finished runs' summaries lie: ``<algo>/seed_<k>/`` and, with a physics axis, ``<physics>/<algo>/seed_<k>/``."""
-
-
 def finished_run_dirs(exp_dir: Path) -> list[Path]:
-    """Every directory under ``exp_dir`` holding a finished run (:data:`RUN_PATTERNS`), sorted."""
-    return sorted({p.parent for pattern in RUN_PATTERNS for p in exp_dir.glob(pattern)})
+    """Every run directory under ``exp_dir`` (``research.rundir.RUN_DIR_PATTERNS``) holding a ``summary.json``."""
+    return sorted({p.parent for pattern in RUN_DIR_PATTERNS for p in exp_dir.glob(f"{pattern}/{SUMMARY}")})
 
 
 def has_finished_runs(exp_dir: Path) -> bool:

@@ -185,12 +185,14 @@ def gradient_table(rows: list[dict], policy: str = "trained", horizon: int = GRA
     return lines + [""], stats
 
 
-def seeds_at_90(summary: list[dict], physics: str, algo: str) -> tuple[int, int]:
-    """``(seeds that reached a normalized score of 0.9, seeds)`` of ``algo`` on ``physics`` (``(0, 0)``: not run)."""
-    for row in summary:
-        if row["physics"] == physics and row["algo"] == algo:
-            return int(row["seeds_reaching_90"] or 0), int(row["n_seeds"])
-    return 0, 0
+def summary_index(summary: list[dict]) -> dict[tuple[str, str], dict]:
+    """``{(physics, algo): summary row}``."""
+    return {(row["physics"], row["algo"]): row for row in summary}
+
+
+def all_seeds_at_90(row: dict | None) -> bool:
+    """Whether every seed of the row reached a normalized score of 0.9 (``False`` for a method that did not run)."""
+    return row is not None and row["seeds_reaching_90"] == row["n_seeds"]
 
 
 def suh_comparison(summary: list[dict], verdicts: list[dict], gradients: dict) -> list[str]:
@@ -198,6 +200,7 @@ def suh_comparison(summary: list[dict], verdicts: list[dict], gradients: dict) -
     gradients?", ICML): first-order gradients win on smooth dynamics, suffer bias at discontinuities and high
     variance under stiffness. Each sentence is decided by the numbers it quotes."""
     by_physics = {v["physics"]: v for v in verdicts}
+    cell = summary_index(summary)
     lines = ["### Against Suh et al. 2022", "",
              "Suh et al. (*Do differentiable simulators give better policy gradients?*, ICML 2022) argue that "
              "first-order gradients beat zeroth-order ones on smooth dynamics, are biased at discontinuities (a "
@@ -210,6 +213,7 @@ def suh_comparison(summary: list[dict], verdicts: list[dict], gradients: dict) -
                      + ", ".join(f"{by_physics[p]['time_ratio']:.2g}x sooner in wall-clock on `{p}` "
                                  f"({by_physics[p]['winner']} in final return)" for p in smooth)
                      + f": {verdict}.")
+
     def variance_note(physics: str) -> str:
         st, base = gradients.get(physics), gradients.get("default")
         if not st or not base:
@@ -218,31 +222,30 @@ def suh_comparison(summary: list[dict], verdicts: list[dict], gradients: dict) -
                 f"default's and {st['variance'] / st['zeroth_variance']:.3g}x the likelihood-ratio estimator's "
                 f"(default: {base['variance'] / base['zeroth_variance']:.2g}x)")
 
-    def method(physics: str, algo: str) -> str:
-        for row in summary:
-            if row["physics"] == physics and row["algo"] == algo:
-                reached, n = seeds_at_90(summary, physics, algo)
-                return f"`{algo}` {float(row['final_return_mean']):.1f} ({reached}/{n} seeds at 0.9)"
-        return f"`{algo}` not run"
+    def methods(physics: str, algos: Sequence[str] = ("bptt", "shac", "ddpg")) -> str:
+        parts = []
+        for algo in algos:
+            row = cell.get((physics, algo))
+            parts.append(f"`{algo}` not run" if row is None else f"`{algo}` {float(row['final_return_mean']):.1f} "
+                         f"({row['seeds_reaching_90']}/{row['n_seeds']} seeds at 0.9)")
+        return ", ".join(parts)
 
     for physics, twin, what in (("coulomb", "coulomb_smooth", "exact-sign dry friction"),
                                 ("wall", "wall_soft", "a hard wall with restitution")):
         if physics not in by_physics:
             continue
-        reached, n = seeds_at_90(summary, physics, "bptt")
-        hurt = reached < n or by_physics[physics]["winner"] == "model-free"
-        lines.append(f"- **Discontinuity** (`{physics}`, {what}): {method(physics, 'bptt')}, {method(physics, 'shac')}, "
-                     f"{method(physics, 'ddpg')}; on `{twin}` plain BPTT has {method(twin, 'bptt')}"
-                     + variance_note(physics)
-                     + (": agrees, the discontinuity breaks plain BPTT; SHAC's short windows and critic survive it."
-                        if hurt else ": disagrees, plain BPTT is not hurt by this discontinuity."))
+        hurt = not all_seeds_at_90(cell.get((physics, "bptt"))) or by_physics[physics]["winner"] == "model-free"
+        shac_survives = all_seeds_at_90(cell.get((physics, "shac")))
+        lines.append(f"- **Discontinuity** (`{physics}`, {what}): {methods(physics)}; on `{twin}` plain BPTT has "
+                     f"{methods(twin, ('bptt',))}" + variance_note(physics)
+                     + (": agrees, the discontinuity breaks plain BPTT" if hurt else
+                        ": disagrees, plain BPTT is not hurt by this discontinuity")
+                     + ("; SHAC's short windows and critic survive it." if hurt and shac_survives else "."))
     if "wall_soft" in by_physics:
-        v = by_physics["wall_soft"]
-        bptt_row = {row["algo"]: row for row in summary if row["physics"] == "wall_soft"}
-        bptt_loses = ("bptt" in bptt_row and float(bptt_row["bptt"]["final_return_mean"])
-                      < float(v["model_free"]["final_return_mean"]))
-        lines.append(f"- **Stiffness** (`wall_soft`, a penalty spring): {method('wall_soft', 'bptt')}, "
-                     f"{method('wall_soft', 'shac')}, {method('wall_soft', 'ddpg')}" + variance_note("wall_soft")
+        v, bptt = by_physics["wall_soft"], cell.get(("wall_soft", "bptt"))
+        bptt_loses = bptt is not None and float(bptt["final_return_mean"]) < float(v["model_free"]["final_return_mean"])
+        lines.append(f"- **Stiffness** (`wall_soft`, a penalty spring): {methods('wall_soft')}"
+                     + variance_note("wall_soft")
                      + (": agrees for plain BPTT, which falls behind model-free," if bptt_loses
                         else ": disagrees, plain BPTT keeps up with model-free,")
                      + (" while SHAC's truncated windows beat both." if v["backprop"]["algo"] == "shac"
@@ -279,9 +282,10 @@ def answer_lines(summary: list[dict], verdicts: list[dict]) -> list[str]:
                                 f"(mean {float(row['final_return_mean']):.1f}, median "
                                 f"{float(row['final_return_median']):.1f})")
     if failures:
+        model_free = [row for row in summary if row["algo"] in MODEL_FREE]
+        every = " Every model-free run did." if all(all_seeds_at_90(row) for row in model_free) else ""
         lines.append("- **Robustness.** Backprop methods whose seeds did not all reach 0.9: " + "; ".join(failures)
-                     + ". Every model-free run did." * all(row["seeds_reaching_90"] == row["n_seeds"] for row in summary
-                                                         if row["algo"] in MODEL_FREE))
+                     + "." + every)
     return lines + [""]
 
 
