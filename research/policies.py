@@ -4,6 +4,8 @@ The network is a torchrl ``MLP`` whose output goes through ``max_torque * tanh(.
 torque range, so the clip inside the physics never zeroes the gradient. The same ``SquashedMLP`` object is used as
 a plain ``observation -> action`` module (fused rollouts, evaluation, :func:`load_policy`) and, wrapped by
 :func:`make_actor`, as a TorchRL ``Actor`` reading ``observation`` and writing ``action`` (``env.rollout``, DDPG).
+Its linear layers are :class:`research.linear.FastLinear` (the same parameters and state dict as ``nn.Linear``):
+on CPU they run large products through oneDNN, which is ~2x faster than MKL on the AMD CPUs measured here.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 from torchrl.modules import MLP, Actor
 
 from research.envs.physics import MAX_TORQUE
+from research.linear import accelerate
 from research.rundir import atomic_write_bytes
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
@@ -66,6 +69,7 @@ class SquashedMLP(nn.Module):
             num_cells=list(self.spec["hidden_sizes"]),
             activation_class=ACTIVATIONS[activation],
         )
+        accelerate(self.net)
         self.max_torque = float(max_torque)
 
     def forward(self, observation: Tensor) -> Tensor:

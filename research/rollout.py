@@ -23,11 +23,12 @@ that their results agree with the eager loop to float tolerance; in general not 
   steps become one graph, forward and backward, so a step costs a few fused kernels instead of ~30 eager ops. On CPU
   the chunks use Inductor's C++ wrapper and its exp-based ``tanh`` (Sleef's is several times slower here).
 - :func:`simulate` is the gradient-free path (the evaluator, throughput): no autograd graph, only the rewards and
-  the state kept, large batches fed through in cache-sized tiles, and on CPU a :class:`SquashedMLP` run through
-  oneDNN's fused ``linear + activation`` kernels from :data:`ONEDNN_MIN_BATCH` rows on (MKL's ``sgemm`` and ``tanh``
-  take a slow generic path on AMD CPUs). Its returns are summed as ``fused_rollout(...).rewards.sum(-1)`` sums
-  them, so where both run the same kernels (eager, one tile, below :data:`ONEDNN_MIN_BATCH` rows) they agree
-  bit for bit. On CUDA its compiled chunks are captured as CUDA graphs.
+  the state kept, large batches fed through in cache-sized tiles. Its returns are summed as
+  ``fused_rollout(...).rewards.sum(-1)`` sums them, so on the same rows (eager, one tile) they agree bit for bit.
+  On CUDA its compiled chunks are captured as CUDA graphs.
+
+Both run the policy's own forward: a :class:`~research.policies.SquashedMLP` runs its layers through
+:func:`research.linear.linear`, oneDNN's kernels where they beat MKL's for the shapes (large batches on CPU).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from research.envs.physics import (
     PendulumParams,
@@ -49,7 +50,7 @@ from research.envs.physics import (
     step_constants,
     to_wall_range,
 )
-from research.policies import SquashedMLP, as_tensor_policy
+from research.policies import as_tensor_policy
 
 Policy = Callable[[Tensor], Tensor]
 
@@ -58,10 +59,6 @@ Policy = Callable[[Tensor], Tensor]
 COMPILE_CHUNK = 10
 #: Rows per tile in :func:`simulate`: a tile's activations (``tile x 64`` floats per layer) stay in L2 cache.
 SIMULATE_TILE = 4096
-#: Below this batch the oneDNN kernels do not pay for their call overhead; the module's own forward is used.
-#: Measured (1 thread, H = 100, eager): oneDNN / module time 2.3x / 1.2x slower at 1 / 64 rows for 3-64-64-1 tanh,
-#: break-even near 128, 1.5x faster at 256 and 2.3x at 1000 (relu 400-300: 1.3x at 64, 1.9x at 256, 2.1x at 1000).
-ONEDNN_MIN_BATCH = 256
 
 
 class RolloutState(NamedTuple):
@@ -307,56 +304,12 @@ class Simulation(NamedTuple):
     thdot: Tensor
 
 
-_ONEDNN_POSTOPS = {"tanh": "tanh", "relu": "relu", "silu": "swish"}
-
-
-@torch.library.custom_op("research::linear_pointwise", mutates_args=())
-def _linear_pointwise_op(x: Tensor, weight: Tensor, bias: Tensor, activation: str) -> Tensor:
-    """oneDNN ``activation(x @ weight.T + bias)`` as an op ``torch.compile`` leaves opaque (Inductor's own lowering
-    of the oneDNN op requires frozen weights)."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
-
-
-@_linear_pointwise_op.register_fake
-def _(x: Tensor, weight: Tensor, bias: Tensor, activation: str) -> Tensor:
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-
-def _linear_pointwise(x: Tensor, linear: nn.Linear, activation: str) -> Tensor:
-    if torch.compiler.is_compiling():
-        return _linear_pointwise_op(x, linear.weight, linear.bias, activation)
-    return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, activation, [], "")
-
-
-def _onednn_forward(policy: SquashedMLP, obs: Tensor) -> Tensor:
-    """``policy(obs)`` through oneDNN's fused ``linear + activation`` kernels (CPU, float32)."""
-    linears = [m for m in policy.net if isinstance(m, nn.Linear)]
-    hidden = _ONEDNN_POSTOPS[policy.spec["activation"]]
-    h = obs
-    for linear in linears[:-1]:
-        h = _linear_pointwise(h, linear, hidden)
-    return policy.max_torque * _linear_pointwise(h, linears[-1], "tanh")
-
-
-def _use_onednn(policy: Policy, batch: int, like: Tensor) -> bool:
-    return (
-        isinstance(policy, SquashedMLP)
-        and policy.spec["activation"] in _ONEDNN_POSTOPS
-        and like.device.type == "cpu"
-        and like.dtype == torch.float32
-        and batch >= ONEDNN_MIN_BATCH
-        and torch.backends.mkldnn.is_available()
-        and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in policy.parameters())
-    )
-
-
 def _simulate_steps(
     policy: Policy,
     th: Tensor,
     thdot: Tensor,
     params: PendulumParams,
     steps: int,
-    onednn: bool,
     features: PhysicsFeatures,
     noise: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -365,7 +318,7 @@ def _simulate_steps(
     rewards = []
     for t in range(steps):
         obs, sin_th = observe(th, thdot)
-        action = _onednn_forward(policy, obs) if onednn else policy(obs)
+        action = policy(obs)
         step_noise = None if noise is None else noise[..., t]
         th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th, noise=step_noise)
         rewards.append(reward)
@@ -390,12 +343,11 @@ def simulate(
     The fast path for evaluation and throughput: no autograd graph, no trajectory kept (each tile's ``[rows, H]``
     rewards are summed once at its end), batches larger than ``tile`` simulated tile by tile (each tile runs all
     ``horizon`` steps while its activations stay in cache). Agrees with ``fused_rollout(...).rewards.sum(-1)`` to
-    float tolerance, and bit for bit where both run the same kernels on the same rows (eager, one tile, a policy
-    that is not a :class:`SquashedMLP` or fewer than :data:`ONEDNN_MIN_BATCH` rows, the same noise).
+    float tolerance, and bit for bit where both run the same kernels on the same rows (eager, one tile, the same
+    noise).
 
     Args:
-        policy: ``observation [N, 3] -> action [N, 1]``; a :class:`SquashedMLP` on CPU in float32 runs through
-            oneDNN's fused kernels at batches of :data:`ONEDNN_MIN_BATCH` and more.
+        policy: ``observation [N, 3] -> action [N, 1]``.
         state: start state ``(th, thdot)`` (or a :class:`RolloutState`), each ``[*B]``.
         params: physical parameters, each ``[*B]`` or broadcastable to it.
         horizon: number of steps ``H``.
@@ -435,12 +387,11 @@ def simulate(
             t_noise = rollout_noise(t_th.shape, horizon, features, t_th, None, generator)
         else:
             t_noise = noise[rows]
-        onednn = _use_onednn(policy, t_th.shape[0], t_th)
         rewards = []
         for start in range(0, horizon, chunk):
             stop = min(start + chunk, horizon)
             c_noise = None if t_noise is None else t_noise[:, start:stop]
-            t_th, t_thdot, c_rewards = steps_fn(policy, t_th, t_thdot, t_params, stop - start, onednn, features, c_noise)
+            t_th, t_thdot, c_rewards = steps_fn(policy, t_th, t_thdot, t_params, stop - start, features, c_noise)
             # A CUDA graph's outputs are overwritten by its next replay: keep copies of what outlives the call.
             rewards.append(c_rewards.clone() if graphs else c_rewards)
         if graphs:

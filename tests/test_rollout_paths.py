@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import research.rollout as rollout_module
+import research.linear as linear_module
 from research.envs.physics import is_upright
 from research.envs.presets import Physics, get_physics
 from research.evaluation import (
@@ -75,23 +75,30 @@ def test_simulate_agrees_with_the_eager_rollout(name):
 
 
 @pytest.mark.parametrize("name", list(PHYSICS))
-def test_simulate_through_onednn_agrees_with_the_eager_rollout(name, monkeypatch):
-    """The oneDNN ``linear + activation`` kernels (used from ``ONEDNN_MIN_BATCH`` rows on), forced at 8 rows."""
+def test_simulate_through_onednn_agrees_with_the_eager_rollout_on_aten(name, monkeypatch):
+    """The policy's oneDNN kernels (:mod:`research.linear`, forced here on 8 rows) against the eager rollout with
+    every product on ATen: the same returns and final states to float tolerance."""
     if not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN")
     physics = PHYSICS[name]()
     policy, th, thdot, params, noise = _case(physics)
-    monkeypatch.setattr(rollout_module, "ONEDNN_MIN_BATCH", 1)
-    assert rollout_module._use_onednn(policy, BATCH, th)
+    monkeypatch.setattr(linear_module, "ENABLED", False)
     eager = fused_rollout(policy, initial_state(th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    monkeypatch.setattr(linear_module, "ENABLED", True)
+    monkeypatch.setattr(linear_module, "MIN_MACS", 0)
+    monkeypatch.setattr(linear_module, "MIN_ROWS_TANH", 1)
+    calls = []
+    onednn_linear = linear_module.onednn_linear
+    monkeypatch.setattr(linear_module, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
     sim = simulate(policy, (th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    assert len(calls) == HORIZON  # the hidden layer of every step ran in oneDNN (the 8 -> 1 output never does)
     torch.testing.assert_close(sim.returns, eager.rewards.sum(-1).detach(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(sim.th, eager.state.th.detach(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(PHYSICS))
 def test_simulate_sums_the_returns_as_the_rollout_does(name):
-    """Same kernels on the same rows (eager, one tile, below ONEDNN_MIN_BATCH): the same returns, bit for bit."""
+    """Same kernels on the same rows (eager, one tile): the same returns, bit for bit."""
     physics = PHYSICS[name]()
     policy, th, thdot, params, noise = _case(physics, horizon=200)
     with torch.no_grad():

@@ -26,10 +26,12 @@ from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.envs import Compose, EnvBase, InitTracker, RewardSum, StepCounter, TransformedEnv
 from torchrl.modules import MLP, ValueOperator
 
+from research.collect import Explore, SimulatorCollector
 from research.config import ConfigError, EvalConfig, RunConfig
 from research.envs import PendulumEnv
 from research.envs.presets import Physics
 from research.harness import DTYPES, RunContext
+from research.linear import accelerate
 from research.policies import ACTIVATIONS, Activation, make_policy
 
 #: Keys a transition keeps in the replay buffer (all the losses read); identical for both backends.
@@ -124,10 +126,17 @@ def make_environment(config: OffPolicyConfig, device: torch.device, physics: Phy
 
 
 def make_critic(config: OffPolicyConfig, device: torch.device, dtype: torch.dtype) -> ValueOperator:
-    """``Q(observation [..., 3], action [..., 1]) -> state_action_value [..., 1]``: an MLP on their concatenation."""
-    net = MLP(in_features=4, out_features=1, num_cells=config.critic_hidden_sizes,
-              activation_class=ACTIVATIONS[config.activation])
+    """``Q(observation [..., 3], action [..., 1]) -> state_action_value [..., 1]``: an MLP on their concatenation
+    (its layers :class:`research.linear.FastLinear`)."""
+    net = accelerate(MLP(in_features=4, out_features=1, num_cells=config.critic_hidden_sizes,
+                         activation_class=ACTIVATIONS[config.activation]))
     return ValueOperator(net, in_keys=["observation", "action"]).to(device=device, dtype=dtype)
+
+
+def make_adam(parameters: list, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with its fused kernel where torch has one (CPU and CUDA): one kernel for all parameters instead of a
+    few ``foreach`` kernels each; ~0.5 ms less per DDPG update at [400, 300] on one CPU thread."""
+    return torch.optim.Adam(parameters, lr=lr, fused=True if device.type in ("cpu", "cuda") else None)
 
 
 def episode_returns(batch: TensorDictBase) -> Tensor:
@@ -155,12 +164,23 @@ class OffPolicy:
         self.iterations = config.total_env_steps // config.frames_per_batch
         self.updates = 0
 
-    def start(self, exploration_policy: Any) -> None:
-        """Creates the collector (random actions first, then ``exploration_policy``) and the replay buffer."""
+    def start(self, exploration_policy: Any, explore: Explore | None = None) -> None:
+        """Creates the collector (random actions first, then the exploration policy) and the replay buffer.
+
+        ``explore`` (``observation [N, 3] -> action [N, 1]`` on tensors, the same policy as ``exploration_policy``)
+        lets the simulator backend collect through :class:`research.collect.SimulatorCollector`; without it, and
+        on Gymnasium, TorchRL's Collector steps ``self.env`` with the TensorDict module ``exploration_policy``.
+        """
         config, device = self.config, self.run.device
-        self.collector = Collector(self.env, exploration_policy, frames_per_batch=config.frames_per_batch,
-                                   total_frames=config.total_env_steps, init_random_frames=config.warmup_env_steps,
-                                   device=device)
+        if explore is not None and config.env.backend == "simulator":
+            self.collector = SimulatorCollector(
+                self.run.physics, explore, num_envs=config.num_envs, frames_per_batch=config.frames_per_batch,
+                total_frames=config.total_env_steps, warmup_frames=config.warmup_env_steps,
+                episode_length=config.env.episode_length, seed=config.seed, device=device, dtype=self.run.dtype)
+        else:
+            self.collector = Collector(self.env, exploration_policy, frames_per_batch=config.frames_per_batch,
+                                       total_frames=config.total_env_steps,
+                                       init_random_frames=config.warmup_env_steps, device=device)
         self.batches = iter(self.collector)
         self.buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size, device=device),
                                    batch_size=config.batch_size)

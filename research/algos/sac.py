@@ -19,14 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ProbabilisticActor, TanhNormal
 from torchrl.objectives import SACLoss, SoftUpdate, ValueEstimators
 
 from research import harness
-from research.algos.off_policy import OffPolicy, OffPolicyConfig, make_critic
+from research.algos.off_policy import OffPolicy, OffPolicyConfig, make_adam, make_critic
 from research.config import ConfigError
 from research.harness import RunContext, Writer
 from research.policies import SquashedMLP
@@ -91,15 +92,21 @@ class SAC(OffPolicy):
                                    in_keys=["loc", "scale"], distribution_class=TanhNormal,
                                    distribution_kwargs={"low": -max_torque, "high": max_torque},
                                    spec=self.env.action_spec_unbatched.to(run.device))
+        self.actor = actor
         self.loss_module = SACLoss(actor, make_critic(config, run.device, run.dtype), num_qvalue_nets=2,
                                    loss_function="l2", alpha_init=config.alpha_init,
                                    target_entropy=config.target_entropy)
         self.loss_module.make_value_estimator(ValueEstimators.TD0, gamma=config.gamma)
         self.target_updater = SoftUpdate(self.loss_module, tau=config.tau)
         self.parameters = list(self.loss_module.parameters())
-        self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr)
+        self.optimizer = make_adam(self.parameters, config.lr, run.device)
         self.guard = run.guard("SAC update")
-        self.start(actor)
+        self.start(actor, self._explore)
+
+    def _explore(self, observation: Tensor, generator: torch.Generator) -> Tensor:
+        """A sample of the stochastic actor (as TorchRL's Collector draws it, from torch's global generator)."""
+        with set_exploration_type(ExplorationType.RANDOM):
+            return self.actor(TensorDict({"observation": observation}, batch_size=observation.shape[:-1]))["action"]
 
     def update(self, sample: TensorDictBase) -> Tensor:
         losses = self.loss_module(sample)

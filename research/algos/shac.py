@@ -46,6 +46,7 @@ from torchrl.objectives.value.functional import td_lambda_return_estimate
 from research import harness
 from research.config import ConfigError, RunConfig
 from research.harness import RunContext, SkipGuard, Writer, make_scheduler, redraw_finished, staggered_start
+from research.linear import accelerate
 from research.policies import ACTIVATIONS, Activation, SquashedMLP, make_policy
 from research.rollout import Rollout, RolloutState, fused_rollout
 
@@ -135,8 +136,9 @@ def make_critic(config: SHACConfig, device: torch.device, dtype: torch.dtype) ->
     """The value network ``observation [..., 3] -> value [..., 1]``."""
     sizes = list(config.critic_hidden_sizes)
     norm = {"norm_class": nn.LayerNorm, "norm_kwargs": [{"normalized_shape": h} for h in sizes]}
-    return MLP(in_features=3, out_features=1, num_cells=sizes, activation_class=ACTIVATIONS[config.critic_activation],
-               **(norm if config.critic_layer_norm else {})).to(device=device, dtype=dtype)
+    net = MLP(in_features=3, out_features=1, num_cells=sizes, activation_class=ACTIVATIONS[config.critic_activation],
+              **(norm if config.critic_layer_norm else {}))
+    return accelerate(net).to(device=device, dtype=dtype)
 
 
 def noisy_policy(policy: SquashedMLP, std: float, generator: torch.Generator):

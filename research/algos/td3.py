@@ -20,8 +20,8 @@ from tensordict.nn import TensorDictSequential
 from torchrl.objectives import SoftUpdate, TD3Loss, ValueEstimators
 
 from research import harness
-from research.algos.ddpg import DDPGConfig, make_exploration
-from research.algos.off_policy import OffPolicy, make_critic
+from research.algos.ddpg import DDPGConfig, gaussian_explore, make_exploration
+from research.algos.off_policy import OffPolicy, make_adam, make_critic
 from research.config import ConfigError
 from research.harness import RunContext, Writer
 from research.policies import make_actor
@@ -64,12 +64,13 @@ class TD3(OffPolicy):
         self.target_updater = SoftUpdate(self.loss_module, tau=config.tau)
         self.actor_params = list(self.loss_module.actor_network_params.values(True, True))
         self.critic_params = list(self.loss_module.qvalue_network_params.values(True, True))
-        self.actor_optimizer = torch.optim.Adam(self.actor_params, lr=config.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic_params, lr=config.critic_lr)
+        self.actor_optimizer = make_adam(self.actor_params, config.actor_lr, run.device)
+        self.critic_optimizer = make_adam(self.critic_params, config.critic_lr, run.device)
         self.critic_guard = run.guard("TD3 critic update")
         self.actor_guard = run.guard("TD3 actor update")
         self.critic_updates = 0
-        self.start(TensorDictSequential(actor, make_exploration(config, self.env, run.device)))
+        self.start(TensorDictSequential(actor, make_exploration(config, self.env, run.device)),
+                   gaussian_explore(self.policy, config, self.run.physics.max_torque))
 
     def update(self, sample: TensorDictBase) -> torch.Tensor:
         critic_loss, info = self.loss_module.value_loss(sample)

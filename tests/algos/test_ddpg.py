@@ -12,6 +12,7 @@ import research.algos.off_policy as off_policy
 from research.algos.ddpg import (
     DDPGConfig,
     DDPGEvalConfig,
+    DDPGLosses,
     make_critic,
     make_environment,
     make_loss_module,
@@ -45,41 +46,54 @@ def make_learner(config: DDPGConfig):
     torch.manual_seed(0)
     policy = make_policy(config.hidden_sizes, config.activation)
     critic = make_critic(config, torch.device("cpu"), torch.float32)
-    loss = make_loss_module(make_actor(policy), critic, config.gamma)
-    SoftUpdate(loss, tau=config.tau)  # registers the target updater (TorchRL warns without one)
-    actor_opt = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=1e-2)
-    critic_opt = torch.optim.Adam(loss.value_network_params.values(True, True), lr=1e-2)
-    params = [*loss.actor_network_params.values(True, True), *loss.value_network_params.values(True, True)]
-    return policy, critic, loss, actor_opt, critic_opt, params
+    losses = DDPGLosses(policy, critic.module, config.gamma)
+    actor_opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    params = [*policy.parameters(), *critic.parameters()]
+    return policy, critic, losses, actor_opt, critic_opt, params
 
 
 def test_one_update_changes_the_actor_and_the_critic():
     config = DDPGConfig(**TINY)
-    policy, critic, loss, actor_opt, critic_opt, params = make_learner(config)
+    policy, critic, losses, actor_opt, critic_opt, params = make_learner(config)
     before_actor = [p.clone() for p in policy.parameters()]
     before_critic = [p.clone() for p in critic.parameters()]
-    before_target = [p.clone() for p in loss.target_value_network_params.values(True, True)]
-    stats = update(loss, random_transitions(32), actor_opt, critic_opt, SkipGuard(3), params)
+    before_target = [p.clone() for p in losses.target_critic.parameters()]
+    stats = update(losses, random_transitions(32), actor_opt, critic_opt, SkipGuard(3), params)
     assert torch.isfinite(stats).all()
     assert all(not torch.equal(b, a) for b, a in zip(before_actor, policy.parameters(), strict=True))
     assert all(not torch.equal(b, a) for b, a in zip(before_critic, critic.parameters(), strict=True))
-    # targets move only with SoftUpdate, never with the gradient step
-    assert all(torch.equal(b, a) for b, a in
-               zip(before_target, loss.target_value_network_params.values(True, True), strict=True))
+    # targets move only with the soft update, never with the gradient step
+    assert all(torch.equal(b, a) for b, a in zip(before_target, losses.target_critic.parameters(), strict=True))
+    losses.soft_update(0.25)
+    for b, a, online in zip(before_target, losses.target_critic.parameters(), critic.parameters(), strict=True):
+        torch.testing.assert_close(a, 0.75 * b + 0.25 * online)
 
 
 @pytest.mark.parametrize("terminated", [False, True])
-def test_critic_target_bootstraps_through_truncation(terminated):
-    """An episode cut by the time limit (done, not terminated) bootstraps; a terminated one would not."""
+def test_losses_and_gradients_are_torchrls(terminated):
+    """DDPGLosses against TorchRL's DDPGLoss (TD(0), target networks) on the same networks and sample: the same
+    losses, critic targets (truncation bootstraps, termination does not) and gradients."""
     config = DDPGConfig(**TINY)
-    policy, critic, loss, *_ = make_learner(config)
-    batch = random_transitions(8, terminated=terminated)
+    policy, critic, losses, *_ = make_learner(config)
+    reference = make_loss_module(make_actor(policy), critic, config.gamma)
+    SoftUpdate(reference, tau=config.tau)  # registers the target updater (TorchRL warns without one)
+    batch = random_transitions(64, terminated=terminated)
+    params = [*policy.parameters(), *critic.parameters()]
+    out = reference(batch)
+    expected = torch.autograd.grad(out["loss_actor"] + out["loss_value"], params, allow_unused=True)
+    loss_actor, loss_value, q = losses(batch)
+    got = torch.autograd.grad(loss_actor + loss_value, params, allow_unused=True)
+    torch.testing.assert_close(loss_actor, out["loss_actor"])
+    torch.testing.assert_close(loss_value, out["loss_value"])
+    torch.testing.assert_close(q.squeeze(-1), out["pred_value"])
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         next_q = critic(TensorDict({"observation": batch["next", "observation"],
-                                    "action": policy(batch["next", "observation"])}, [8]))["state_action_value"]
-    expected = batch["next", "reward"] + (0.0 if terminated else config.gamma) * next_q
-    out = loss(batch)
-    torch.testing.assert_close(out["target_value"], expected.squeeze(-1))
+                                    "action": policy(batch["next", "observation"])}, [64]))["state_action_value"]
+    target = batch["next", "reward"] + (0.0 if terminated else config.gamma) * next_q
+    torch.testing.assert_close(out["target_value"], target.squeeze(-1))
 
 
 @pytest.mark.parametrize("backend", ["simulator", "gymnasium"])
@@ -107,13 +121,13 @@ def test_smoke_run_writes_every_output_file(tmp_path, backend):
 def test_collector_env_steps_match_the_metrics(tmp_path, monkeypatch):
     collected = []
 
-    class CountingCollector(off_policy.Collector):
-        def __iter__(self):
-            for batch in super().__iter__():
-                collected.append(batch.numel())
-                yield batch
+    class CountingCollector(off_policy.SimulatorCollector):
+        def __next__(self):
+            batch = super().__next__()
+            collected.append(batch.numel())
+            return batch
 
-    monkeypatch.setattr(off_policy, "Collector", CountingCollector)
+    monkeypatch.setattr(off_policy, "SimulatorCollector", CountingCollector)
     config = DDPGConfig(**{**TINY, "num_envs": 2, "env": EnvConfig(episode_length=40)})
     summary = train_ddpg(config, writer=RunWriter(tmp_path, "ddpg", config), quiet=True)
     rows = [r for r in csv.DictReader((tmp_path / "metrics.csv").open()) if r["train/updates"]]
@@ -132,14 +146,12 @@ def test_ornstein_uhlenbeck_noise_runs():
 def test_non_finite_loss_never_reaches_the_parameters(tmp_path, monkeypatch):
     created = []
 
-    def nan_loss_module(actor, critic, gamma):
-        created.append(actor.module)
-        loss = make_loss_module(actor, critic, gamma)
-        forward = loss.forward
-        loss.forward = lambda td: forward(td).apply(lambda x: x * float("nan"))
-        return loss
+    class NaNLosses(ddpg.DDPGLosses):
+        def forward(self, sample):
+            created.append(self.actor)
+            return tuple(x * float("nan") for x in super().forward(sample))
 
-    monkeypatch.setattr(ddpg, "make_loss_module", nan_loss_module)
+    monkeypatch.setattr(ddpg, "DDPGLosses", NaNLosses)
     config = DDPGConfig(**{**TINY, "max_consecutive_skips": 3})
     with pytest.raises(NonFiniteUpdateError, match="3 consecutive"):
         train_ddpg(config, writer=RunWriter(tmp_path, "ddpg", config), quiet=True)

@@ -3,7 +3,8 @@
 - ``ddpg-update``: one gradient step of the trainer (:func:`research.algos.ddpg.update` on a replay sample of 256
   transitions, then the soft target update), with the default [400, 300] networks;
 - ``ddpg-collector``: one collector batch of 100 transitions (the trainer's ``frames_per_batch``, one env) with the
-  noisy actor, on our simulator (``simulator``) and on TorchRL's ``GymEnv("Pendulum-v1")`` (``gymnasium``).
+  noisy actor: the trainer's :class:`research.collect.SimulatorCollector` (``research``), and TorchRL's Collector on
+  our simulator (``simulator``) and on TorchRL's ``GymEnv("Pendulum-v1")`` (``gymnasium``).
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ import torch
 from tensordict.nn import TensorDictSequential
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
-from torchrl.objectives import SoftUpdate
 
 from research.algos.ddpg import (
     TRANSITION_KEYS,
     DDPGConfig,
+    DDPGLosses,
+    make_adam,
     make_critic,
     make_environment,
+    gaussian_explore,
     make_exploration,
-    make_loss_module,
     update,
 )
+from research.collect import SimulatorCollector
+from research.envs.presets import get_physics
 from research.config import EnvConfig
 from research.harness import SkipGuard
 from research.policies import make_actor, make_policy
@@ -47,12 +51,10 @@ def test_update(measure, smoke, device):
     device = torch.device(device)
     torch.manual_seed(0)
     policy = make_policy(config.hidden_sizes, config.activation, device=device)
-    loss_module = make_loss_module(make_actor(policy), make_critic(config, device, torch.float32), config.gamma)
-    target_updater = SoftUpdate(loss_module, tau=config.tau)
-    actor_optimizer = torch.optim.Adam(loss_module.actor_network_params.values(True, True), lr=config.actor_lr)
-    critic_optimizer = torch.optim.Adam(loss_module.value_network_params.values(True, True), lr=config.critic_lr)
-    parameters = list(loss_module.actor_network_params.values(True, True)) + list(
-        loss_module.value_network_params.values(True, True))
+    losses = DDPGLosses(policy, make_critic(config, device, torch.float32).module, config.gamma)
+    actor_optimizer = make_adam(list(policy.parameters()), config.actor_lr, device)
+    critic_optimizer = make_adam(list(losses.critic.parameters()), config.critic_lr, device)
+    parameters = [*policy.parameters(), *losses.critic.parameters()]
     guard = SkipGuard(config.max_consecutive_skips)
 
     # A replay buffer of random-action transitions, as after the trainer's warm-up (smaller: sampling cost does not
@@ -64,8 +66,8 @@ def test_update(measure, smoke, device):
     collector.shutdown()
 
     def step() -> torch.Tensor:
-        stats = update(loss_module, buffer.sample(), actor_optimizer, critic_optimizer, guard, parameters)
-        target_updater.step()
+        stats = update(losses, buffer.sample(), actor_optimizer, critic_optimizer, guard, parameters)
+        losses.soft_update(config.tau)
         return stats
 
     stats = measure(step, question="ddpg-update", case="ddpg-update", batch=config.batch_size, horizon=1,
@@ -74,14 +76,23 @@ def test_update(measure, smoke, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", ["simulator", "gymnasium"])
+@pytest.mark.parametrize("backend", ["research", "simulator", "gymnasium"])
 def test_collector_batch(measure, smoke, backend, device):
     if backend == "gymnasium":
         pytest.importorskip("gymnasium")
         if device != "cpu":
             pytest.skip("Gymnasium steps on the CPU")
-    config = DDPGConfig(device=device, env=EnvConfig(backend=backend))
-    collector = _collector(config, torch.device(device))
+    if backend == "research":  # the trainer's own collector on our simulator
+        config = DDPGConfig(device=device)
+        torch.manual_seed(config.seed)
+        policy = make_policy(config.hidden_sizes, config.activation, device=device)
+        collector = SimulatorCollector(get_physics("default"), gaussian_explore(policy, config, 2.0),
+                                       num_envs=config.num_envs, frames_per_batch=config.frames_per_batch,
+                                       total_frames=10**9, warmup_frames=0,
+                                       episode_length=config.env.episode_length, seed=config.seed, device=device)
+    else:
+        config = DDPGConfig(device=device, env=EnvConfig(backend=backend))
+        collector = _collector(config, torch.device(device))
     batches = iter(collector)
     try:
         batch = measure(lambda: next(batches), question="ddpg-collector", case=backend, batch=config.num_envs,
