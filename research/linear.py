@@ -42,19 +42,31 @@ ENABLED = os.environ.get("RESEARCH_ONEDNN", "1") != "0"
 MIN_MACS = 1 << 20
 #: ...a weight gradient (a reduction over the rows, where MKL does comparatively well) from this many...
 MIN_MACS_WEIGHT_GRAD = 1 << 21
-#: ...and a forward with a fused ``tanh`` from this many rows (``torch.tanh`` after MKL is slow here).
+#: ...and a forward with a fused ``tanh`` from this many rows (``torch.tanh`` after MKL is slow here), without
+#: gradients.
 MIN_ROWS_TANH = 128
+#: With gradients, a layer goes to oneDNN from this many multiply-adds, or with a fused ``tanh`` from this many rows
+#: (its backward products are then chosen as above).
+MIN_MACS_TRAIN = 1 << 21
+MIN_ROWS_TANH_TRAIN = 512
 ACTIVATIONS = ("none", "relu", "tanh")
 
 
-@torch.library.custom_op("research::linear_pointwise", mutates_args=())
-def _linear_pointwise_op(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor:
-    """oneDNN ``activation(x @ weight.T + bias)`` as an op ``torch.compile`` leaves opaque (Inductor's own lowering
-    of the oneDNN op requires frozen weights)."""
+# oneDNN's ``activation(x @ weight.T + bias)`` as an op that ``torch.compile`` leaves opaque (Inductor's own lowering
+# of ``mkldnn._linear_pointwise`` requires frozen weights). Defined with the low-level ``torch.library.Library``: a
+# call costs ~2 us more than the oneDNN op itself, against ~7 us for ``torch.library.custom_op``.
+_LIBRARY = torch.library.Library("research", "DEF")
+_LIBRARY.define("linear_pointwise(Tensor x, Tensor weight, Tensor? bias, str activation) -> Tensor")
+
+
+def _linear_pointwise_kernel(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
 
 
-@_linear_pointwise_op.register_fake
+_LIBRARY.impl("linear_pointwise", _linear_pointwise_kernel, "CPU")
+
+
+@torch.library.register_fake("research::linear_pointwise")
 def _(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
@@ -62,7 +74,7 @@ def _(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none") -> Tensor:
     """``activation(x @ weight.T + bias)`` in oneDNN (CPU, float32; ``x`` and ``weight`` may be strided views)."""
     if torch.compiler.is_compiling():
-        return _linear_pointwise_op(x, weight, bias, activation)
+        return torch.ops.research.linear_pointwise(x, weight, bias, activation)
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
 
 
@@ -145,16 +157,24 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
-    if x.dim() >= 2 and _on_cpu_float32(x, weight, bias):
+    if ENABLED and x.dim() >= 2 and x.device.type == "cpu":
         rows = x.numel() // x.shape[-1]
         out, inp = weight.shape
-        forward_pays = onednn_pays(rows, inp, out) or (
-            activation == "tanh" and min(rows, inp, out) >= 3 and rows >= MIN_ROWS_TANH
-        )
-        if forward_pays:
+        if _forward_pays(rows, inp, out, activation, x, weight) and _on_cpu_float32(x, weight, bias):
             y = _OneDNNLinear.apply(x.reshape(rows, inp), weight, bias, activation)
             return y.reshape(*x.shape[:-1], out)
     return _activate(F.linear(x, weight, bias), activation)
+
+
+def _forward_pays(rows: int, inp: int, out: int, activation: str, x: Tensor, weight: Tensor) -> bool:
+    """The rule for a layer: :func:`onednn_pays` on its forward product, or a fused ``tanh`` on enough rows
+    (:data:`MIN_ROWS_TANH`); with gradients the thresholds are :data:`MIN_MACS_TRAIN` and
+    :data:`MIN_ROWS_TANH_TRAIN`, as the autograd function's Python overhead (~20 us a layer) must be paid back."""
+    training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    tanh_rows = MIN_ROWS_TANH_TRAIN if training else MIN_ROWS_TANH
+    if activation == "tanh" and rows >= tanh_rows and min(inp, out) >= 3:
+        return True
+    return onednn_pays(rows, inp, out, MIN_MACS_TRAIN if training else None)
 
 
 class FastLinear(nn.Linear):

@@ -23,8 +23,8 @@ def _reference(x, weight, bias, activation):
 @pytest.fixture
 def always_onednn(monkeypatch):
     """Every product with all dimensions >= 3 goes to oneDNN."""
-    monkeypatch.setattr(linear_module, "MIN_MACS", 0)
-    monkeypatch.setattr(linear_module, "MIN_MACS_WEIGHT_GRAD", 0)
+    for name in ("MIN_MACS", "MIN_MACS_WEIGHT_GRAD", "MIN_MACS_TRAIN"):
+        monkeypatch.setattr(linear_module, name, 0)
     calls = []
     onednn_linear = linear_module.onednn_linear
     monkeypatch.setattr(linear_module, "onednn_linear", lambda *a: calls.append(1) or onednn_linear(*a))
@@ -68,6 +68,17 @@ def test_small_products_float64_and_vmap_stay_on_aten_bit_for_bit():
     assert torch.equal(got, torch.stack([_reference(x, w, None, "relu") for w in weights]))
 
 
+def test_training_needs_larger_layers_than_inference(always_onednn, monkeypatch):
+    torch.manual_seed(0)
+    x, weight = torch.randn(256, 64), torch.randn(64, 64, requires_grad=True)
+    monkeypatch.setattr(linear_module, "MIN_MACS_TRAIN", 1 << 21)  # the default again: 256 x 64 x 64 is below it
+    linear(x, weight, None, "relu").sum().backward()
+    assert not always_onednn
+    with torch.no_grad():
+        linear(x, weight, None, "relu")
+    assert len(always_onednn) == 1
+
+
 def test_the_rule_keeps_thin_and_small_products_on_aten():
     assert onednn_pays(256, 400, 300)  # DDPG's hidden layer
     assert not onednn_pays(32, 64, 64)  # a small BPTT batch
@@ -102,8 +113,8 @@ def test_accelerate_keeps_parameters_and_state_dict_and_folds_activations():
 
 
 def test_compiled_linear_agrees_with_eager(monkeypatch):
-    monkeypatch.setattr(linear_module, "MIN_MACS", 0)
-    monkeypatch.setattr(linear_module, "MIN_MACS_WEIGHT_GRAD", 0)
+    for name in ("MIN_MACS", "MIN_MACS_WEIGHT_GRAD", "MIN_MACS_TRAIN"):
+        monkeypatch.setattr(linear_module, name, 0)
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(16, 8, generator=gen, requires_grad=True)
     weight = torch.randn(8, 8, generator=gen, requires_grad=True)
