@@ -18,7 +18,8 @@ Measured (1 thread, torch 2.13, time MKL / time oneDNN; > 1: oneDNN faster)::
     400 -> 300   256     2.21          2.60        2.20     1.96
     64 -> 1     4096     0.76          0.33        0.68     0.55
 
-(``torch.tanh`` itself is slow here, hence the tanh column.) On CUDA, in float64, inside ``vmap`` or with
+(``torch.tanh`` itself is slow here, hence the tanh column.) The thresholds were measured on that AMD CPU; on Intel
+CPUs MKL runs its AVX-512 kernels too, so the gain is smaller there (not measured). On CUDA, on non-x86 CPUs, in float64, inside ``vmap`` or with
 ``RESEARCH_ONEDNN=0`` in the environment, :func:`linear` is exactly ``act(F.linear(x, weight, bias))``; so is it on
 any product the rule leaves to ATen. Where oneDNN runs, results agree with ATen's to float32 rounding (not bit for
 bit).
@@ -31,13 +32,21 @@ state dict stay as they were.
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
-#: ``RESEARCH_ONEDNN=0`` turns the oneDNN kernels off (every product on ATen), e.g. to compare the two.
-ENABLED = os.environ.get("RESEARCH_ONEDNN", "1") != "0"
+#: oneDNN runs on x86-64 builds of torch that include it; ``RESEARCH_ONEDNN=0`` turns it off (every product on
+#: ATen), e.g. to compare the two.
+ENABLED = (
+    os.environ.get("RESEARCH_ONEDNN", "1") != "0"
+    and platform.machine().lower() in ("x86_64", "amd64")
+    and torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+)
 #: A product ``[m, k] x [k, n]`` goes to oneDNN from this many multiply-adds ``m k n`` on (or from 4096 rows)...
 MIN_MACS = 1 << 20
 #: ...a weight gradient (a reduction over the rows, where MKL does comparatively well) from this many...
@@ -88,7 +97,7 @@ def _on_cpu_float32(*tensors: Tensor | None) -> bool:
     """CPU float32 tensors, none of them inside a ``vmap``/``grad`` transform (oneDNN's op has no batching rule;
     Dynamo cannot trace the check, and compiled code does not meet such tensors here)."""
     compiling = torch.compiler.is_compiling()
-    return ENABLED and all(
+    return all(
         t is None
         or (t.device.type == "cpu" and t.dtype == torch.float32
             and (compiling or not torch._C._functorch.is_functorch_wrapped_tensor(t)))
@@ -127,6 +136,7 @@ class _OneDNNLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight, output if activation != "none" else None)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         x, weight, out = ctx.saved_tensors
         if ctx.activation == "relu":

@@ -166,7 +166,8 @@ def machine_lines(data: dict, cases: list[dict]) -> list[str]:
     machine, commit = data.get("machine_info", {}), data.get("commit_info", {})
     cpu = machine.get("cpu", {})
     threads = sorted({c["threads"] for c in cases})
-    commit_id = commit.get("id", "unknown")[:12] + (" (uncommitted changes)" if commit.get("dirty") else "")
+    dirty = machine.get("code_dirty", commit.get("dirty"))  # code_dirty: outside results/ (tests/benchmarks/conftest.py)
+    commit_id = commit.get("id", "unknown")[:12] + (" (uncommitted changes)" if dirty else "")
     gpus = sorted({c["device_name"] for c in cases if c.get("device_name")})
     return [
         f"- run: {data.get('datetime', 'unknown')}, commit {commit_id}",

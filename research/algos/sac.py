@@ -95,7 +95,8 @@ class SAC(OffPolicy):
         self.actor = actor
         self.loss_module = SACLoss(actor, make_critic(config, run.device, run.dtype), num_qvalue_nets=2,
                                    loss_function="l2", alpha_init=config.alpha_init,
-                                   target_entropy=config.target_entropy)
+                                   target_entropy=config.target_entropy,
+                                   deactivate_vmap=True)  # a loop over the twin critics runs them on oneDNN
         self.loss_module.make_value_estimator(ValueEstimators.TD0, gamma=config.gamma)
         self.target_updater = SoftUpdate(self.loss_module, tau=config.tau)
         self.parameters = list(self.loss_module.parameters())

@@ -59,7 +59,8 @@ class TD3(OffPolicy):
         self.loss_module = TD3Loss(actor, make_critic(config, run.device, run.dtype), num_qvalue_nets=2,
                                    bounds=(-max_torque, max_torque), loss_function="l2",
                                    policy_noise=config.target_policy_noise * max_torque,
-                                   noise_clip=config.target_noise_clip * max_torque)
+                                   noise_clip=config.target_noise_clip * max_torque,
+                                   deactivate_vmap=True)  # a loop over the twin critics runs them on oneDNN
         self.loss_module.make_value_estimator(ValueEstimators.TD0, gamma=config.gamma)
         self.target_updater = SoftUpdate(self.loss_module, tau=config.tau)
         self.actor_params = list(self.loss_module.actor_network_params.values(True, True))

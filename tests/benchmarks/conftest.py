@@ -35,6 +35,19 @@ SIM_HIDDEN = (64, 64)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
+def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
+    """Records ``code_dirty``: uncommitted changes outside ``results/`` (pytest-benchmark's own ``dirty`` flag also
+    counts the benchmark's outputs, which ``make bench`` itself rewrites under ``results/bench/``)."""
+    import subprocess
+
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)results"],
+                                capture_output=True, text=True, check=True, cwd=config.rootpath).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return
+    machine_info["code_dirty"] = bool(status.strip())
+
+
 def bench_threads() -> int:
     """Torch CPU threads for the benchmarks: ``BENCH_THREADS`` or torch's default."""
     return int(os.environ.get("BENCH_THREADS", "0")) or torch.get_num_threads()
