@@ -50,6 +50,7 @@ from research.envs.physics import (
     step_constants,
     to_wall_range,
 )
+import research.native as native_module
 from research.policies import as_tensor_policy
 
 Policy = Callable[[Tensor], Tensor]
@@ -132,6 +133,7 @@ def fused_rollout(
     features: PhysicsFeatures | None = None,
     noise: Tensor | None = None,
     noise_generator: torch.Generator | None = None,
+    native: bool | None = None,
 ) -> Rollout:
     """Rolls ``policy`` through the pendulum for ``horizon`` steps, differentiably.
 
@@ -152,6 +154,10 @@ def fused_rollout(
             ``params`` (one host sync per call). Must cover ``params``; a superset is correct, only slower.
         noise: standard-normal torque noise ``[*B, H]`` to use instead of drawing it (only with noise features).
         noise_generator: a separate stream for the torque noise (default: ``generator``).
+        native: run :func:`research.native.native_rollout` (the C loop with its own adjoint); ``None`` (default):
+            wherever it supports the case (:func:`research.native.supported`: a tanh/relu ``SquashedMLP``, Gymnasium's
+            physics, up to :data:`research.native.NATIVE_MAX_ROWS_GRAD` rows) and neither ``compile``,
+            ``episode_length`` nor ``keep_trajectory`` is asked for; ``False``: never; ``True``: required.
 
     Returns:
         A :class:`Rollout`; ``rewards`` has shape ``[*B, H]``.
@@ -162,6 +168,15 @@ def fused_rollout(
     features = physics_features(params) if features is None else features
     noise_generator = generator if noise_generator is None else noise_generator
     noise = rollout_noise(th.shape, horizon, features, th, noise, noise_generator)
+    if native is not False:
+        constants = step_constants(params, features)
+        plain = not compile and episode_length is None and not keep_trajectory and th.dim() == 1
+        if plain and native_module.supported(policy, constants, th, th.numel(), grad=True):
+            rewards, th, thdot = native_module.native_rollout(policy, th, thdot, constants, horizon)
+            return Rollout(rewards, RolloutState(th, thdot, step_count + horizon))
+        if native:
+            raise ValueError("native=True: research.native does not support this rollout (see "
+                             "research.native.supported; no compile, episode_length or keep_trajectory, a [B] batch)")
     if compile:
         if episode_length is not None:
             raise ValueError("compile=True rolls out without resets; use episode_length=None (or compile=False)")
@@ -337,6 +352,7 @@ def simulate(
     features: PhysicsFeatures | None = None,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
+    native: bool | None = None,
 ) -> Simulation:
     """Rolls ``policy`` through the pendulum for ``horizon`` steps without gradients and returns only the returns.
 
@@ -357,6 +373,10 @@ def simulate(
         generator: draws the torque noise (``[tile, H]`` per tile) when ``torque_noise > 0`` and ``noise`` is not
             given.
         noise: standard-normal torque noise ``[*B, H]`` to use instead.
+        native: run each tile through :func:`research.native.native_simulate` (the C loop); ``None`` (default):
+            wherever it supports the case (:func:`research.native.supported`: a tanh/relu ``SquashedMLP``,
+            Gymnasium's physics, tiles up to :data:`research.native.NATIVE_MAX_ROWS` rows) and ``compile`` is off;
+            ``False``: never; ``True``: required.
 
     Returns:
         A :class:`Simulation` of ``[*B]`` tensors: the undiscounted returns and the final state.
@@ -387,6 +407,14 @@ def simulate(
             t_noise = rollout_noise(t_th.shape, horizon, features, t_th, None, generator)
         else:
             t_noise = noise[rows]
+        if native is not False and not compile:
+            t_constants = step_constants(t_params, features)
+            if native_module.supported(policy, t_constants, t_th, t_th.shape[0]):
+                tiles.append(native_module.native_simulate(policy, t_th, t_thdot, t_constants, horizon))
+                continue
+        if native:
+            raise ValueError("native=True: research.native does not support this simulation (see "
+                             "research.native.supported; compile=False)")
         rewards = []
         for start in range(0, horizon, chunk):
             stop = min(start + chunk, horizon)

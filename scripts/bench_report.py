@@ -29,7 +29,7 @@ QUESTIONS = {
     "ddpg-run": "The whole DDPG run (rl-baselines3-zoo recipe, 20k env steps, 1 env; BENCH_FULL=1)",
 }
 #: Cases that are ours; every other case in the same group is a peer.
-OURS = ("fused", "fused-compiled", "simulator", "ddpg-update", "research")
+OURS = ("fused", "fused-compiled", "native", "simulator", "ddpg-update", "research")
 #: The peers of the optional ``peers`` extra (tests/benchmarks/test_bench_peers.py): case -> what it runs.
 EXTRA_PEERS = {"gymnax": "gymnax (JAX): simulation and BPTT iteration", "sb3": "Stable-Baselines3: DDPG update and run"}
 #: The speed targets of docs/protocol.md: (question, batch, peer or None for an absolute rate, minimum ratio or

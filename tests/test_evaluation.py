@@ -97,7 +97,8 @@ def test_default_physics_gives_todays_scores():
 
     th, thdot = evaluation_states(32)
     rewards = fused_rollout(policy, initial_state(th, thdot), PendulumParams.default((32,)), 200).rewards
-    assert base["return_mean"] == pytest.approx(rewards.sum(-1).double().mean().item(), rel=0, abs=0)
+    # to float tolerance: at 32 rows both run research.native's C loops, which sum the returns in a different order
+    assert base["return_mean"] == pytest.approx(rewards.sum(-1).double().mean().item(), rel=1e-6, abs=0)
 
 
 def test_wall_evaluation_states_are_the_same_physical_states():

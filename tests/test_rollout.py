@@ -4,9 +4,16 @@ import pytest
 import torch
 
 from research.algos.bptt import env_rollout_rewards, horizon_loss
+import research.native as native_module
 from research.envs import PendulumEnv, PendulumParams, sample_initial_state, sample_params
 from research.policies import make_policy
 from research.rollout import discounted_sum, fused_rollout, initial_state
+
+
+@pytest.fixture(autouse=True)
+def _torch_paths_only(monkeypatch):
+    """These tests are about the torch paths; research.native's C loop has its own (tests/test_native.py)."""
+    monkeypatch.setattr(native_module, "ENABLED", False)
 
 
 def _grads(loss, policy):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import research.linear as linear_module
+import research.native as native_module
 from research.envs.physics import is_upright
 from research.envs.presets import Physics, get_physics
 from research.evaluation import (
@@ -29,6 +30,13 @@ from research.policies import make_policy
 from research.rollout import COMPILE_CHUNK, fused_rollout, initial_state, simulate
 
 BATCH = 8
+
+
+@pytest.fixture(autouse=True)
+def _torch_paths_only(monkeypatch):
+    """These tests are about the torch paths; research.native's C loop has its own (tests/test_native.py)."""
+    monkeypatch.setattr(native_module, "ENABLED", False)
+
 HORIZON = COMPILE_CHUNK + 2
 #: Every optional term at once: hard wall at pi/4 (restitution 0.5), damping, smooth Coulomb friction, torque noise.
 KNOBS = {"damping": 0.05, "friction": 0.2, "friction_width": 0.1, "torque_noise": 0.3}

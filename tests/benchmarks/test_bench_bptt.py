@@ -2,8 +2,10 @@
 
 Every case trains the same 3-64-64-64-1 tanh MLP (the seed recipe's size) with loss ``-mean(reward)``:
 
-- ``fused``: :func:`research.rollout.fused_rollout`, eager;
+- ``fused``: :func:`research.rollout.fused_rollout` on its torch loop, eager (``native=False``);
 - ``fused-compiled``: the same with ``compile=True`` (forward and backward compiled in chunks);
+- ``native``: the same through :mod:`research.native`'s C loop and its adjoint (CPU; ``fused_rollout`` itself takes
+  it up to ``research.native.NATIVE_MAX_ROWS_GRAD`` rows);
 - ``env.rollout``: our :class:`research.envs.PendulumEnv` (``validate=False``) through TorchRL's ``env.rollout``;
 - ``torchrl-seed``: the seed recipe's loop (TorchRL's pendulum tutorial, described in ``docs/protocol.md``) on
   torchrl's built-in ``PendulumEnv`` with the tutorial's transforms, verbatim
@@ -20,6 +22,7 @@ import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
 
+import research.native as native_module
 from research.envs import PendulumEnv, PendulumParams, sample_initial_state
 from research.policies import make_actor, make_policy
 from research.rollout import fused_rollout, initial_state
@@ -53,10 +56,15 @@ def _measure(measure: Callable, smoke: bool, case: str, batch: int, device: str,
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-def test_fused(measure, smoke, batch, device, compile):
+@pytest.mark.parametrize("mode", ["eager", "compiled", "native"])
+def test_fused(measure, smoke, batch, device, mode, monkeypatch):
+    compile, use_native = mode == "compiled", mode == "native"
     if compile and smoke and batch != BATCHES[0]:
         pytest.skip("smoke run: one batch size covers the compiled path")
+    if use_native:
+        if device != "cpu":
+            pytest.skip("the native loop runs on the CPU")
+        monkeypatch.setattr(native_module, "NATIVE_MAX_ROWS_GRAD", max(BATCHES))  # measured beyond the default
     torch.manual_seed(0)
     policy = make_policy(BPTT_HIDDEN, device=device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=LR)
@@ -65,12 +73,14 @@ def test_fused(measure, smoke, batch, device, compile):
 
     def iteration(horizon: int) -> torch.Tensor:
         th, thdot = sample_initial_state((batch,), gen, device)
-        rewards = fused_rollout(policy, initial_state(th, thdot), params, horizon, compile=compile).rewards
+        rewards = fused_rollout(policy, initial_state(th, thdot), params, horizon, compile=compile,
+                                native=use_native).rewards
         loss = -rewards.mean()
         _update(loss, policy, optimizer)
         return loss.detach()
 
-    _measure(measure, smoke, "fused-compiled" if compile else "fused", batch, device, iteration)
+    _measure(measure, smoke, {"eager": "fused", "compiled": "fused-compiled", "native": "native"}[mode], batch, device,
+             iteration)
 
 
 @pytest.mark.parametrize("device", DEVICES)

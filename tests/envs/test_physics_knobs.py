@@ -100,7 +100,7 @@ def test_default_rollouts_are_todays_rollouts_bit_for_bit():
             action = policy(torch.stack((s_th.cos(), s_th.sin(), s_thdot), dim=-1)).squeeze(-1)
             s_th, s_thdot, reward = gymnasium_step(s_th, s_thdot, action, params)
             rewards.append(reward)
-        out = fused_rollout(policy, initial_state(th, thdot), params, 30)
+        out = fused_rollout(policy, initial_state(th, thdot), params, 30, native=False)  # the torch loop
     assert torch.equal(out.rewards, torch.stack(rewards, dim=-1))
     assert torch.equal(out.state.th, s_th) and torch.equal(out.state.thdot, s_thdot)
 

@@ -1,0 +1,405 @@
+"""A native (C) rollout for small batches: the MLP policy and Gymnasium's physics in one compiled loop.
+
+At small batches the torch paths are bound by per-kernel overhead, not arithmetic: a step of the compiled rollout
+at 32 rows is a dozen kernel launches of a few microseconds each for ~0.3 MFLOP of work, where gymnax (JAX) compiles
+the whole scan into one XLA executable. This module generates C code specialised to the network's widths (so the
+compiler unrolls and vectorises every layer), compiles it once per shape with the system C compiler
+(``cc -O3 -march=native``; cached under ``~/.cache/research-native``) and calls it through ``ctypes``:
+
+- :func:`native_simulate`: the gradient-free rollout (returns and final states), what :func:`research.rollout.simulate`
+  runs below :data:`NATIVE_MAX_ROWS` rows;
+- :func:`native_rollout`: the differentiable rollout (rewards ``[B, H]``), an autograd function whose backward runs
+  the adjoint recursion through the physics and the policy in C (sequential in time) and leaves the weight
+  gradients, a sum over all ``B H`` rows, to two large matrix products in torch.
+
+Scope: a :class:`~research.policies.SquashedMLP` with ``tanh`` or ``relu`` hidden layers, float32 on CPU, and the
+physics of Gymnasium's Pendulum-v1 with per-pendulum ``g, m, l, dt, max_speed, max_torque`` (no damping, friction,
+noise or wall: :func:`supported` says whether a case qualifies; the callers fall back to the torch paths otherwise).
+``tanh`` is Eigen's rational approximation (within a few float32 ulps of ``torch.tanh``), so results agree with the
+torch paths to float tolerance, not bit for bit (``tests/test_native.py``). ``RESEARCH_NATIVE=0`` turns it off; so
+does a machine without a working C compiler (a one-line warning, then the torch paths).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from research.envs.physics import GYMNASIUM_FEATURES, PhysicsFeatures, StepConstants
+
+log = logging.getLogger(__name__)
+
+#: ``RESEARCH_NATIVE=0`` turns the native rollouts off.
+ENABLED = os.environ.get("RESEARCH_NATIVE", "1") != "0"
+#: :func:`research.rollout.simulate` uses the native loop up to this many rows (above, oneDNN's large products win).
+NATIVE_MAX_ROWS = 512
+#: The differentiable rollout uses it up to this many rows.
+NATIVE_MAX_ROWS_GRAD = 512
+#: Rows processed together (their activations stay in L1 cache).
+ROW_BLOCK = 16
+CACHE = Path(os.environ.get("RESEARCH_NATIVE_CACHE", Path.home() / ".cache" / "research-native"))
+
+_TANH = """
+static inline float tanh_approx(float x) {
+  /* Eigen's generic_fast_tanh_float: a 13/6 rational approximation, exact to float rounding at the clamp */
+  const float c = 7.90531110763549805f;
+  x = x > c ? c : (x < -c ? -c : x);
+  float x2 = x * x;
+  float p = -2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f; p = p * x2 + -8.60467152213735e-11f; p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f; p = p * x2 + 6.37261928875436e-04f; p = p * x2 + 4.89352455891786e-03f;
+  p = p * x;
+  float q = 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f; q = q * x2 + 2.26843463243900e-03f; q = q * x2 + 4.89352518554385e-03f;
+  return p / q;
+}
+static inline float clampf(float x, float lo, float hi) { return x > hi ? hi : (x < lo ? lo : x); }
+"""
+
+
+def _source(widths: list[int], activation: str) -> str:
+    """C source of both kernels for an MLP ``widths[0] -> ... -> widths[-1]`` (``widths[-1] == 1``)."""
+    layers = len(widths) - 1
+    hidden_act = "tanh_approx(z)" if activation == "tanh" else "(z > 0.f ? z : 0.f)"
+    weight_args = ", ".join(f"const float* restrict WT{i}, const float* restrict W{i}, const float* restrict b{i}"
+                            for i in range(layers))
+    head = ("int B, int H, const float* th0, const float* thdot0, const float* gravity, const float* inv_inertia, "
+            "const float* dt, const float* max_speed, const float* max_torque, float scale, " + weight_args)
+    out = ["#include <math.h>", "#include <string.h>", f"#define R {ROW_BLOCK}", _TANH]
+
+    def policy(save: bool) -> list[str]:
+        """The policy on the block's rows: h0 (observation) -> h{layers} (the squashed action)."""
+        code = []
+        for i in range(layers):
+            k_in, n_out = widths[i], widths[i + 1]
+            code.append(f"""      for (int r = 0; r < R; r++) {{
+        float acc[{n_out}];
+        for (int j = 0; j < {n_out}; j++) acc[j] = b{i}[j];
+        for (int k = 0; k < {k_in}; k++) {{
+          const float a = h{i}[r][k];
+          #pragma omp simd
+          for (int j = 0; j < {n_out}; j++) acc[j] += a * WT{i}[k * {n_out} + j];
+        }}""")
+            if i < layers - 1:
+                code.append(f"""        #pragma omp simd
+        for (int j = 0; j < {n_out}; j++) {{ const float z = acc[j]; h{i + 1}[r][j] = {hidden_act}; }}""")
+            else:
+                code.append(f"        h{layers}[r][0] = scale * tanh_approx(acc[0]);")
+            code.append("      }")
+        if save:
+            code.append("      for (int r = 0; r < n; r++) TH[(size_t)t * B + r0 + r] = th[r];")
+            for i in range(layers + 1):
+                code.append(f"      for (int r = 0; r < n; r++) memcpy(S{i} + ((size_t)t * B + r0 + r) * {widths[i]},"
+                            f" h{i}[r], sizeof(float) * {widths[i]});")
+        return code
+
+    def body(save: bool) -> list[str]:
+        code = ["  for (int r0 = 0; r0 < B; r0 += R) {",
+                "    const int n = B - r0 < R ? B - r0 : R;",
+                "    float th[R], thd[R], ret[R], g[R], ii[R], d[R], ms[R], mt[R], s[R];"]
+        code += [f"    float h{i}[R][{w}];" for i, w in enumerate(widths)]
+        code.append("""    for (int r = 0; r < R; r++) {
+      const int k = r0 + (r < n ? r : 0);
+      th[r] = th0[k]; thd[r] = thdot0[k]; ret[r] = 0.f;
+      g[r] = gravity[k]; ii[r] = inv_inertia[k]; d[r] = dt[k]; ms[r] = max_speed[k]; mt[r] = max_torque[k];
+    }
+    for (int t = 0; t < H; t++) {
+      #pragma omp simd
+      for (int r = 0; r < R; r++) { s[r] = sinf(th[r]); h0[r][0] = cosf(th[r]); h0[r][1] = s[r]; h0[r][2] = thd[r]; }""")
+        code += policy(save)
+        code.append(f"""      #pragma omp simd
+      for (int r = 0; r < R; r++) {{
+        const float u = clampf(h{layers}[r][0], -mt[r], mt[r]);
+        const float x = th[r] + (float)M_PI, two_pi = 2.f * (float)M_PI;
+        const float w = x - two_pi * floorf(x / two_pi) - (float)M_PI;
+        const float cost = (w * w + 0.1f * thd[r] * thd[r]) + 0.001f * u * u;
+        const float v = thd[r] + (g[r] * s[r] + ii[r] * u) * d[r];
+        const float nv = clampf(v, -ms[r], ms[r]);
+        th[r] = th[r] + nv * d[r]; thd[r] = nv; ret[r] -= cost;
+        rew[r] = -cost;
+      }}""")
+        if save:
+            code.append("      for (int r = 0; r < n; r++) rewards[(size_t)(r0 + r) * H + t] = rew[r];")
+        code.append("    }")
+        code.append("    for (int r = 0; r < n; r++) { returns[r0 + r] = ret[r]; th_out[r0 + r] = th[r]; "
+                    "thdot_out[r0 + r] = thd[r]; }")
+        code.append("  }")
+        return code
+
+    out.append(f"void simulate({head}, float* returns, float* th_out, float* thdot_out) {{")
+    out.append("  float rew[R];")
+    out += body(save=False)
+    out.append("}")
+    saves = ", ".join(f"float* restrict S{i}" for i in range(layers + 1))
+    out.append(f"void forward({head}, float* rewards, float* returns, float* th_out, float* thdot_out, "
+               f"float* restrict TH, {saves}) {{")
+    out.append("  float rew[R];")
+    out += body(save=True)
+    out.append("}")
+    out.append(_backward_source(widths, activation, head))
+    return "\n".join(out)
+
+
+def _backward_source(widths: list[int], activation: str, head: str) -> str:
+    """The adjoint recursion, :data:`ROW_BLOCK` pendulums at a time, from the last step to the first. Inputs: the
+    saved angles ``TH [H, B]`` and layer inputs ``S_i [H, B, w_i]`` (``S_0`` is the observation, ``S_L`` the squashed
+    action), the reward gradients ``[B, H]`` and the final-state gradients. Outputs: the pre-activation gradients
+    ``D_i [H, B, w_{i+1}]`` (the weight gradients are their products with ``S_i`` summed over all rows, done in
+    torch) and the start-state gradients."""
+    layers = len(widths) - 1
+    saves = ", ".join(f"const float* restrict S{i}" for i in range(layers + 1))
+    deltas = ", ".join(f"float* restrict D{i}" for i in range(layers))
+    derivative = "(1.f - y * y)" if activation == "tanh" else "(y > 0.f ? 1.f : 0.f)"
+    code = [f"void backward({head}, const float* restrict TH, {saves}, const float* grad_rewards, "
+            f"const float* grad_th, const float* grad_thdot, {deltas}, float* grad_th0, float* grad_thdot0) {{",
+            "  for (int r0 = 0; r0 < B; r0 += R) {",
+            "    const int n = B - r0 < R ? B - r0 : R;",
+            "    float g[R], ii[R], d[R], ms[R], mt[R], a_th[R], a_thd[R], a_s[R], gr[R];"]
+    code += [f"    float ah{i}[R][{widths[i]}], dl{i}[R][{widths[i + 1]}];" for i in range(layers)]
+    code.append("""    for (int r = 0; r < R; r++) {
+      const int k = r0 + (r < n ? r : 0);
+      g[r] = gravity[k]; ii[r] = inv_inertia[k]; d[r] = dt[k]; ms[r] = max_speed[k]; mt[r] = max_torque[k];
+      a_th[r] = r < n ? grad_th[k] : 0.f; a_thd[r] = r < n ? grad_thdot[k] : 0.f;
+    }
+    for (int t = H - 1; t >= 0; t--) {
+      const size_t base = (size_t)t * B + r0;""")
+    code.append(f"""      for (int r = 0; r < R; r++) gr[r] = r < n ? grad_rewards[(size_t)(r0 + r) * H + t] : 0.f;
+      #pragma omp simd
+      for (int r = 0; r < R; r++) {{
+        const int q = r < n ? r : 0;
+        const float* obs = S0 + (base + q) * {widths[0]};
+        const float c = obs[0], s = obs[1], thd = obs[2];
+        const float act = S{layers}[base + q];
+        const float u = clampf(act, -mt[r], mt[r]);
+        const float v = thd + (g[r] * s + ii[r] * u) * d[r];
+        /* next_th = th + nv d, next_thd = nv = clip(v) */
+        const float a_nv = a_thd[r] + a_th[r] * d[r];
+        const float a_v = (v >= -ms[r] && v <= ms[r]) ? a_nv : 0.f;
+        const float a_acc = a_v * d[r];
+        a_s[r] = a_acc * g[r];
+        float a_u = a_acc * ii[r];
+        /* reward = -((w^2 + 0.1 thd^2) + 0.001 u^2), w = angle_normalize(th) */
+        const float a_cost = -gr[r];
+        const float x = TH[base + q] + (float)M_PI, two_pi = 2.f * (float)M_PI;
+        const float w = x - two_pi * floorf(x / two_pi) - (float)M_PI;
+        a_th[r] += a_cost * 2.f * w;
+        a_thd[r] = a_v + a_cost * 0.2f * thd;
+        a_u += a_cost * 0.002f * u;
+        const float a_act = (act >= -mt[r] && act <= mt[r]) ? a_u : 0.f;
+        const float y = act / scale;  /* act = scale tanh(z) */
+        dl{layers - 1}[r][0] = a_act * scale * (1.f - y * y);
+      }}""")
+    for i in range(layers - 1, -1, -1):
+        k_in, n_out = widths[i], widths[i + 1]
+        code.append(f"""      for (int r = 0; r < R; r++) {{
+        #pragma omp simd
+        for (int k = 0; k < {k_in}; k++) ah{i}[r][k] = 0.f;
+      }}
+      for (int j = 0; j < {n_out}; j++) {{
+        const float* wj = W{i} + j * {k_in};
+        for (int r = 0; r < R; r++) {{
+          const float dj = dl{i}[r][j];
+          #pragma omp simd
+          for (int k = 0; k < {k_in}; k++) ah{i}[r][k] += dj * wj[k];
+        }}
+      }}
+      for (int r = 0; r < n; r++) memcpy(D{i} + (base + r) * {n_out}, dl{i}[r], sizeof(float) * {n_out});""")
+        if i > 0:
+            code.append(f"""      for (int r = 0; r < R; r++) {{
+        const float* hin = S{i} + (base + (r < n ? r : 0)) * {k_in};
+        #pragma omp simd
+        for (int k = 0; k < {k_in}; k++) {{ const float y = hin[k]; dl{i - 1}[r][k] = ah{i}[r][k] * {derivative}; }}
+      }}""")
+    code.append("""      /* observation = (cos th, sin th, thd); sin th also drives the physics */
+      #pragma omp simd
+      for (int r = 0; r < R; r++) {
+        const float* obs = S0 + (base + (r < n ? r : 0)) * 3;
+        a_th[r] += -obs[1] * ah0[r][0] + obs[0] * (ah0[r][1] + a_s[r]);
+        a_thd[r] += ah0[r][2];
+      }
+    }
+    for (int r = 0; r < n; r++) { grad_th0[r0 + r] = a_th[r]; grad_thdot0[r0 + r] = a_thd[r]; }
+  }
+}""")
+    return "\n".join(code)
+
+
+# ---------------------------------------------------------------------------------------------------- build and load
+_LIBS: dict[tuple[tuple[int, ...], str], ctypes.CDLL | None] = {}
+_WARNED = False
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
+def _compile(source: str) -> ctypes.CDLL | None:
+    """The shared library of ``source`` (compiled once, cached by its hash and the compiler), or ``None``."""
+    global _WARNED
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        if not _WARNED:
+            log.warning("research.native: no C compiler found (cc, gcc); using the torch rollouts")
+            _WARNED = True
+        return None
+    flags = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC"]
+    # -march=native: the library is specific to this CPU's instruction set, so its flags are part of the key
+    key = hashlib.sha256("\0".join([source, compiler, *flags, _cpu_flags()]).encode()).hexdigest()[:20]
+    path = CACHE / f"rollout_{key}.so"
+    try:
+        if not path.exists():
+            CACHE.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+                src = Path(tmp) / "rollout.c"
+                src.write_text(source)
+                built = Path(tmp) / "rollout.so"
+                subprocess.run([compiler, *flags, str(src), "-o", str(built), "-lm"], check=True,
+                               capture_output=True, text=True)
+                os.replace(built, path)  # atomic: concurrent runs never load a half-written file
+        return ctypes.CDLL(str(path))
+    except (OSError, subprocess.CalledProcessError) as error:
+        if not _WARNED:
+            detail = (getattr(error, "stderr", "") or str(error)).strip()
+            log.warning("research.native: building the rollout failed (%s); using the torch rollouts",
+                        detail.splitlines()[-1] if detail else type(error).__name__)
+            _WARNED = True
+        return None
+
+
+def _library(widths: tuple[int, ...], activation: str) -> ctypes.CDLL | None:
+    key = (widths, activation)
+    if key not in _LIBS:
+        _LIBS[key] = _compile(_source(list(widths), activation))
+    return _LIBS[key]
+
+
+def _layers(policy: nn.Module) -> list[nn.Linear] | None:
+    """The linear layers of a :class:`~research.policies.SquashedMLP` whose hidden activation the kernels have."""
+    spec = getattr(policy, "spec", None)
+    if not isinstance(spec, dict) or spec.get("activation") not in ("tanh", "relu") or spec.get("act_dim") != 1:
+        return None
+    linears = [m for m in policy.net if isinstance(m, nn.Linear)]
+    if len(linears) != len(spec["hidden_sizes"]) + 1:
+        return None
+    return linears
+
+
+def supported(policy: nn.Module, constants: StepConstants, like: Tensor, rows: int, grad: bool = False) -> bool:
+    """Whether the native loop runs this case: a tanh/relu :class:`SquashedMLP` on CPU in float32, Gymnasium's
+    physics without the optional terms, at most :data:`NATIVE_MAX_ROWS` (or ``..._GRAD``) rows, parameters that need
+    no gradient, and a C compiler."""
+    if not ENABLED or torch.compiler.is_compiling():
+        return False
+    if rows > (NATIVE_MAX_ROWS_GRAD if grad else NATIVE_MAX_ROWS) or rows == 0:
+        return False
+    if like.device.type != "cpu" or like.dtype != torch.float32 or constants.features != GYMNASIUM_FEATURES:
+        return False
+    layers = _layers(policy)
+    if layers is None or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in policy.parameters()):
+        return False
+    if any(torch.is_tensor(v) and v.requires_grad for v in constants[:5]):
+        return False
+    widths = (layers[0].in_features, *(m.out_features for m in layers))
+    return _library(widths, policy.spec["activation"]) is not None
+
+
+def _ptr(t: Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _per_row(constants: StepConstants, rows: int, like: Tensor) -> list[Tensor]:
+    """``gravity, inverse_inertia, dt, max_speed, max_torque`` as contiguous ``[rows]`` float32 tensors."""
+    return [torch.broadcast_to(torch.as_tensor(v, dtype=like.dtype, device=like.device), (rows,)).contiguous()
+            for v in constants[:5]]
+
+
+def _weights(layers: list[nn.Linear]) -> list[Tensor]:
+    """Per layer: ``W.T`` (the forward's ``[in, out]``), ``W`` (the backward's ``[out, in]``), ``b``."""
+    out = []
+    for m in layers:
+        w = m.weight.detach()
+        out += [w.t().contiguous(), w.contiguous(), m.bias.detach().contiguous()]
+    return out
+
+
+def _lib_for(policy: nn.Module) -> tuple[ctypes.CDLL, list[nn.Linear], tuple[int, ...]]:
+    layers = _layers(policy)
+    widths = (layers[0].in_features, *(m.out_features for m in layers))
+    return _library(widths, policy.spec["activation"]), layers, widths
+
+
+@torch.no_grad()
+def native_simulate(policy: nn.Module, th: Tensor, thdot: Tensor, constants: StepConstants,
+                    horizon: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(returns, th, thdot)``, each ``[N]``, of ``horizon`` gradient-free steps from ``th, thdot [N]``
+    (check :func:`supported` first)."""
+    lib, layers, _ = _lib_for(policy)
+    n = th.numel()
+    th, thdot = th.contiguous(), thdot.contiguous()
+    consts, weights = _per_row(constants, n, th), _weights(layers)
+    returns, th_out, thdot_out = torch.empty(n), torch.empty(n), torch.empty(n)
+    lib.simulate(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(policy.max_torque),
+                 *map(_ptr, weights), _ptr(returns), _ptr(th_out), _ptr(thdot_out))
+    return returns, th_out, thdot_out
+
+
+class _NativeRollout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, policy, constants, horizon, th, thdot, *params):
+        lib, layers, widths = _lib_for(policy)
+        n = th.numel()
+        th, thdot = th.detach().contiguous(), thdot.detach().contiguous()
+        consts, weights = _per_row(constants, n, th), _weights(layers)
+        rewards = torch.empty(n, horizon)
+        returns, th_out, thdot_out = torch.empty(n), torch.empty(n), torch.empty(n)
+        th_saved = torch.empty(horizon, n)
+        saved = [torch.empty(horizon, n, w) for w in widths]
+        lib.forward(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(policy.max_torque),
+                    *map(_ptr, weights), _ptr(rewards), _ptr(returns), _ptr(th_out), _ptr(thdot_out),
+                    _ptr(th_saved), *map(_ptr, saved))
+        ctx.lib, ctx.widths, ctx.horizon, ctx.scale = lib, widths, horizon, policy.max_torque
+        ctx.inputs = (th, thdot, consts, weights, th_saved, saved)
+        return rewards, th_out, thdot_out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_rewards, grad_th, grad_thdot):
+        th, thdot, consts, weights, th_saved, saved = ctx.inputs
+        n, horizon, widths = th.numel(), ctx.horizon, ctx.widths
+        grad_rewards = torch.zeros(n, horizon) if grad_rewards is None else grad_rewards.contiguous()
+        grad_th = torch.zeros(n) if grad_th is None else grad_th.contiguous()
+        grad_thdot = torch.zeros(n) if grad_thdot is None else grad_thdot.contiguous()
+        deltas = [torch.empty(horizon, n, w) for w in widths[1:]]
+        grad_th0, grad_thdot0 = torch.empty(n), torch.empty(n)
+        ctx.lib.backward(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(ctx.scale),
+                         *map(_ptr, weights), _ptr(th_saved), *map(_ptr, saved), _ptr(grad_rewards),
+                         _ptr(grad_th), _ptr(grad_thdot), *map(_ptr, deltas), _ptr(grad_th0), _ptr(grad_thdot0))
+        grads = []
+        for i, delta in enumerate(deltas):  # dW = sum over all H B rows of delta^T h: one large product per layer
+            d2, h2 = delta.reshape(-1, widths[i + 1]), saved[i].reshape(-1, widths[i])
+            grads += [d2.t() @ h2, d2.sum(0)]
+        return (None, None, None, grad_th0, grad_thdot0, *grads)
+
+
+def native_rollout(policy: nn.Module, th: Tensor, thdot: Tensor, constants: StepConstants,
+                   horizon: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(rewards [N, H], th [N], thdot [N])`` of a differentiable rollout from ``th, thdot [N]``: gradients reach
+    the policy's parameters and the start state (check :func:`supported` with ``grad=True`` first)."""
+    layers = _layers(policy)
+    params = [p for m in layers for p in (m.weight, m.bias)]
+    return _NativeRollout.apply(policy, constants, horizon, th, thdot, *params)
