@@ -155,9 +155,9 @@ def fused_rollout(
         noise: standard-normal torque noise ``[*B, H]`` to use instead of drawing it (only with noise features).
         noise_generator: a separate stream for the torque noise (default: ``generator``).
         native: run :func:`research.native.native_rollout` (the C loop with its own adjoint); ``None`` (default):
-            wherever it supports the case (:func:`research.native.supported`: a tanh/relu ``SquashedMLP``, Gymnasium's
-            physics, up to :data:`research.native.NATIVE_MAX_ROWS_GRAD` rows) and neither ``compile``,
-            ``episode_length`` nor ``keep_trajectory`` is asked for; ``False``: never; ``True``: required.
+            wherever it supports the case (:func:`research.native.supported`: a small tanh/relu ``SquashedMLP``,
+            Gymnasium's physics) and neither ``compile``, ``episode_length`` nor ``keep_trajectory`` is asked for;
+            ``False``: never; ``True``: required.
 
     Returns:
         A :class:`Rollout`; ``rewards`` has shape ``[*B, H]``.
@@ -171,7 +171,7 @@ def fused_rollout(
     if native is not False:
         constants = step_constants(params, features)
         plain = not compile and episode_length is None and not keep_trajectory and th.dim() == 1
-        if plain and native_module.supported(policy, constants, th, th.numel(), grad=True):
+        if plain and native_module.supported(policy, constants, th, th.numel()):
             rewards, th, thdot = native_module.native_rollout(policy, th, thdot, constants, horizon)
             return Rollout(rewards, RolloutState(th, thdot, step_count + horizon))
         if native:
@@ -374,9 +374,8 @@ def simulate(
             given.
         noise: standard-normal torque noise ``[*B, H]`` to use instead.
         native: run each tile through :func:`research.native.native_simulate` (the C loop); ``None`` (default):
-            wherever it supports the case (:func:`research.native.supported`: a tanh/relu ``SquashedMLP``,
-            Gymnasium's physics, tiles up to :data:`research.native.NATIVE_MAX_ROWS` rows) and ``compile`` is off;
-            ``False``: never; ``True``: required.
+            wherever it supports the case (:func:`research.native.supported`: a small tanh/relu ``SquashedMLP``,
+            Gymnasium's physics) and ``compile`` is off; ``False``: never; ``True``: required.
 
     Returns:
         A :class:`Simulation` of ``[*B]`` tensors: the undiscounted returns and the final state.

@@ -68,7 +68,7 @@ def test_unsupported_cases_fall_back_or_say_why():
     assert not native.supported(make_policy([16], "elu"), constants, th, BATCH)
     assert not native.supported(policy.double(), constants, th.double(), BATCH)
     policy.float()
-    assert not native.supported(policy, constants, th, native.NATIVE_MAX_ROWS + 1)
+    assert not native.supported(make_policy([native.NATIVE_MAX_WIDTH + 16]), constants, th, BATCH)
     noisy = get_physics("noisy")
     noisy_constants = step_constants(noisy.params((BATCH,)), noisy.features)
     assert not native.supported(policy, noisy_constants, th, BATCH)
@@ -91,3 +91,18 @@ def test_without_a_compiler_the_torch_paths_run(monkeypatch, tmp_path, caplog):
     assert "using the torch rollouts" in caplog.text
     ref = simulate(policy, (th, thdot), params, 10, native=False)
     assert torch.equal(simulate(policy, (th, thdot), params, 10).returns, ref.returns)
+
+
+def test_the_evaluator_on_the_native_loop_agrees_with_the_torch_loop(monkeypatch):
+    """The protocol's 1000 states and 200 steps (a 64-64 tanh policy runs natively): the same statistics to float
+    tolerance as with research.native turned off."""
+    from research.evaluation import evaluate_policy
+
+    torch.manual_seed(0)
+    policy = make_policy([64, 64])
+    ours = evaluate_policy(policy)
+    monkeypatch.setattr(native, "ENABLED", False)
+    ref = evaluate_policy(policy)
+    assert ours.keys() == ref.keys()
+    for key in ("return_mean", "return_median", "return_iqm", "return_min", "return_std"):
+        assert ours[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-3), key

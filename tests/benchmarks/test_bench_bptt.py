@@ -4,8 +4,8 @@ Every case trains the same 3-64-64-64-1 tanh MLP (the seed recipe's size) with l
 
 - ``fused``: :func:`research.rollout.fused_rollout` on its torch loop, eager (``native=False``);
 - ``fused-compiled``: the same with ``compile=True`` (forward and backward compiled in chunks);
-- ``native``: the same through :mod:`research.native`'s C loop and its adjoint (CPU; ``fused_rollout`` itself takes
-  it up to ``research.native.NATIVE_MAX_ROWS_GRAD`` rows);
+- ``native``: the same through :mod:`research.native`'s C loop and its adjoint (CPU; what ``fused_rollout`` runs by
+  default for this network);
 - ``env.rollout``: our :class:`research.envs.PendulumEnv` (``validate=False``) through TorchRL's ``env.rollout``;
 - ``torchrl-seed``: the seed recipe's loop (TorchRL's pendulum tutorial, described in ``docs/protocol.md``) on
   torchrl's built-in ``PendulumEnv`` with the tutorial's transforms, verbatim
@@ -22,7 +22,6 @@ import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
 
-import research.native as native_module
 from research.envs import PendulumEnv, PendulumParams, sample_initial_state
 from research.policies import make_actor, make_policy
 from research.rollout import fused_rollout, initial_state
@@ -57,14 +56,13 @@ def _measure(measure: Callable, smoke: bool, case: str, batch: int, device: str,
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("mode", ["eager", "compiled", "native"])
-def test_fused(measure, smoke, batch, device, mode, monkeypatch):
+def test_fused(measure, smoke, batch, device, mode):
     compile, use_native = mode == "compiled", mode == "native"
     if compile and smoke and batch != BATCHES[0]:
         pytest.skip("smoke run: one batch size covers the compiled path")
     if use_native:
         if device != "cpu":
             pytest.skip("the native loop runs on the CPU")
-        monkeypatch.setattr(native_module, "NATIVE_MAX_ROWS_GRAD", max(BATCHES))  # measured beyond the default
     torch.manual_seed(0)
     policy = make_policy(BPTT_HIDDEN, device=device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=LR)

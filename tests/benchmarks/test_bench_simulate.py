@@ -4,8 +4,8 @@ Cases, each from the same start states with the same policy (``SquashedMLP`` 3-6
 
 - ``fused``: :func:`research.rollout.simulate` on its torch loop (eager, ``native=False``);
 - ``fused-compiled``: the same in ``torch.compile``-d chunks (CUDA graphs on CUDA);
-- ``native``: the same through :mod:`research.native`'s C loop (CPU, batches up to 4096; ``simulate`` itself takes it
-  up to ``research.native.NATIVE_MAX_ROWS`` rows, where it is the fastest);
+- ``native``: the same through :mod:`research.native`'s C loop (CPU, batches up to 4096; what ``simulate`` runs by
+  default for this network);
 - ``env.rollout``: our :class:`research.envs.PendulumEnv` (``validate=False``) through TorchRL's ``env.rollout``;
 - ``torchrl``: torchrl's built-in ``PendulumEnv`` with the seed recipe's transforms (TorchRL's pendulum tutorial,
   ``docs/protocol.md``) through ``env.rollout``;
@@ -19,7 +19,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import research.native as native_module
 from research.envs import PendulumEnv, PendulumParams, sample_initial_state
 from research.policies import make_actor, make_policy
 from research.rollout import simulate
@@ -44,14 +43,13 @@ def _policy(device: str):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("mode", ["eager", "compiled", "native"])
-def test_fused(measure, smoke, batch, device, mode, monkeypatch):
+def test_fused(measure, smoke, batch, device, mode):
     compile = mode == "compiled"
     if compile and smoke and batch not in (1, 4096):
         pytest.skip("smoke run: the compiled path is exercised at batch 1 (module) and 4096 (oneDNN kernels)")
     if mode == "native":
         if device != "cpu" or batch > 4096:
             pytest.skip("the native loop runs on the CPU; above 4096 rows it is not measured")
-        monkeypatch.setattr(native_module, "NATIVE_MAX_ROWS", 4096)  # measured beyond where simulate takes it
     horizon = 2 if smoke else HORIZON
     policy = _policy(device)
     gen = torch.Generator(device=device).manual_seed(0)
