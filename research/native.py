@@ -122,6 +122,20 @@ def _block_matmul(out: str, inp: str, mat: str, k: int, n: int, bias: str | None
 def _weight_grad(i: int, k_in: int, n_out: int) -> str:
     """C accumulating layer ``i``'s weight and bias gradients over the block's ``n`` rows of one step:
     ``GW[j][k] += sum_r dl[r][j] S[r][k]``, ``GB[j] += sum_r dl[r][j]`` (a row of ``GW`` stays in registers)."""
+    if k_in % 16 and n_out % 16 == 0:  # accumulated transposed (GWT: [k_in][n_out]), added into GW at the end
+        return f"""      {{
+        const float* hin = S{i} + base * {k_in};
+        for (int r = 0; r < n; r++)
+          for (int k = 0; k < {k_in}; k++) {{
+            const float x = hin[r * {k_in} + k];
+            #pragma omp simd
+            for (int j = 0; j < {n_out}; j++) GWT{i}[k][j] += dl{i}[r][j] * x;
+          }}
+        for (int r = 0; r < n; r++) {{
+          #pragma omp simd
+          for (int j = 0; j < {n_out}; j++) GB{i}[j] += dl{i}[r][j];
+        }}
+      }}"""
     if k_in % 16:
         inner = f"""          #pragma omp simd
           for (int k = 0; k < {k_in}; k++) gw[k] += dj * hin[r * {k_in} + k];"""
@@ -254,6 +268,8 @@ def _backward_source(widths: list[int], activation: str, head: str) -> str:
     derivative = "(1.f - y * y)" if activation == "tanh" else "(y > 0.f ? 1.f : 0.f)"
     code = [f"void backward({head}, const float* restrict TH, {saves}, const float* grad_rewards, "
             f"const float* grad_th, const float* grad_thdot, {deltas}, float* grad_th0, float* grad_thdot0) {{",
+            *[f"  float GWT{i}[{widths[i]}][{widths[i + 1]}];  memset(GWT{i}, 0, sizeof GWT{i});"
+              for i in range(layers) if widths[i] % 16 and widths[i + 1] % 16 == 0],
             "  for (int r0 = 0; r0 < B; r0 += R) {",
             "    const int n = B - r0 < R ? B - r0 : R;",
             "    float g[R], ii[R], d[R], ms[R], mt[R], a_th[R], a_thd[R], a_s[R], gr[R];"]
@@ -293,7 +309,16 @@ def _backward_source(widths: list[int], activation: str, head: str) -> str:
       }}""")
     for i in range(layers - 1, -1, -1):
         k_in, n_out = widths[i], widths[i + 1]
-        code.append(_block_matmul(f"ah{i}", f"dl{i}", f"W{i}", n_out, k_in, None))
+        if k_in % 16 and n_out % 16 == 0:  # a narrow input (the observation): dot products over the wide output
+            code.append(f"""      for (int r = 0; r < R; r++)
+        for (int k = 0; k < {k_in}; k++) {{
+          float acc = 0.f;
+          #pragma omp simd reduction(+:acc)
+          for (int j = 0; j < {n_out}; j++) acc += dl{i}[r][j] * WT{i}[k * {n_out} + j];
+          ah{i}[r][k] = acc;
+        }}""")
+        else:
+            code.append(_block_matmul(f"ah{i}", f"dl{i}", f"W{i}", n_out, k_in, None))
         code.append(_weight_grad(i, k_in, n_out))
         if i > 0:
             code.append(f"""      for (int r = 0; r < R; r++) {{
@@ -310,8 +335,12 @@ def _backward_source(widths: list[int], activation: str, head: str) -> str:
       }
     }
     for (int r = 0; r < n; r++) { grad_th0[r0 + r] = a_th[r]; grad_thdot0[r0 + r] = a_thd[r]; }
-  }
-}""")
+  }""")
+    for i in range(layers):
+        if widths[i] % 16 and widths[i + 1] % 16 == 0:
+            code.append(f"""  for (int j = 0; j < {widths[i + 1]}; j++)
+    for (int k = 0; k < {widths[i]}; k++) GW{i}[j * {widths[i]} + k] += GWT{i}[k][j];""")
+    code.append("}")
     return "\n".join(code)
 
 
