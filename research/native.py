@@ -209,13 +209,26 @@ def _source(widths: list[int], activation: str) -> str:
         #pragma omp simd
         for (int j = 0; j < {n_out}; j++) {{ const float z = z{i + 1}[r][j]; h{i + 1}[r][j] = {hidden_act}; }}
       }}""")
+            elif k_in % 16 == 0:  # the output: per row, 16-lane partial sums, then a tree over the lanes
+                code.append(f"""      for (int r = 0; r < R; r++) {{
+        v16 a = (v16){{0}};
+        #pragma GCC unroll 16
+        for (int v = 0; v < {k_in // 16}; v++) a += *(const v16u*)(h{i}[r] + 16 * v) * *(const v16u*)(WT{i} + 16 * v);
+        const float q0 = (a[0] + a[8]) + (a[4] + a[12]), q1 = (a[1] + a[9]) + (a[5] + a[13]);
+        const float q2 = (a[2] + a[10]) + (a[6] + a[14]), q3 = (a[3] + a[11]) + (a[7] + a[15]);
+        out[r] = b{i}[0] + ((q0 + q2) + (q1 + q3));
+      }}
+      #pragma omp simd
+      for (int r = 0; r < R; r++) h{layers}[r][0] = scale * tanh_approx(out[r]);""")
             else:
                 code.append(f"""      for (int r = 0; r < R; r++) {{
         float acc = b{i}[0];
         #pragma omp simd reduction(+:acc)
         for (int k = 0; k < {k_in}; k++) acc += h{i}[r][k] * WT{i}[k];
-        h{layers}[r][0] = scale * tanh_approx(acc);
-      }}""")
+        out[r] = acc;
+      }}
+      #pragma omp simd
+      for (int r = 0; r < R; r++) h{layers}[r][0] = scale * tanh_approx(out[r]);""")
         if save:
             code.append("      for (int r = 0; r < n; r++) TH[(size_t)t * B + r0 + r] = th[r];")
             for i in range(layers + 1):
@@ -229,6 +242,7 @@ def _source(widths: list[int], activation: str) -> str:
                 "    float th[R], thd[R], ret[R], g[R], ii[R], d[R], ms[R], mt[R], s[R];"]
         code += [f"    float h{i}[R][{w}];" for i, w in enumerate(widths)]
         code += [f"    float z{i}[R][{w}];" for i, w in enumerate(widths) if 0 < i < len(widths) - 1]
+        code.append("    float out[R];")
         code.append("""    for (int r = 0; r < R; r++) {
       const int k = r0 + (r < n ? r : 0);
       th[r] = th0[k]; thd[r] = thdot0[k]; ret[r] = 0.f;
