@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from research.envs.physics import GYMNASIUM_FEATURES, PhysicsFeatures, StepConstants
+from research.envs.physics import GYMNASIUM_FEATURES, StepConstants
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ NATIVE_MAX_WIDTH = 128
 ROW_BLOCK = 16
 CACHE = Path(os.environ.get("RESEARCH_NATIVE_CACHE", Path.home() / ".cache" / "research-native"))
 
-_TANH = """
+_PRELUDE = """
 static inline float tanh_approx(float x) {
   /* tanh(|x|) = -expm1(-2|x|) / (2 + expm1(-2|x|)), expm1 by Cody-Waite reduction -2|x| = k ln2 + r, |r| <= ln2 / 2,
      and a degree-7 Taylor polynomial of expm1(r): no cancellation near 0 (k = 0 there); within 2.5 float ulps of
@@ -196,7 +196,7 @@ def _source(widths: list[int], activation: str) -> str:
                             for i in range(layers))
     head = ("int B, int H, const float* th0, const float* thdot0, const float* gravity, const float* inv_inertia, "
             "const float* dt, const float* max_speed, const float* max_torque, float scale, " + weight_args)
-    out = ["#include <math.h>", "#include <string.h>", f"#define R {ROW_BLOCK}", _TANH]
+    out = ["#include <math.h>", "#include <string.h>", f"#define R {ROW_BLOCK}", _PRELUDE]
 
     def policy(save: bool) -> list[str]:
         """The policy on the block's rows: h0 (observation) -> h{layers} (the squashed action)."""
@@ -455,8 +455,7 @@ def supported(policy: nn.Module, constants: StepConstants, like: Tensor, rows: i
         return False
     if any(torch.is_tensor(v) and v.requires_grad for v in constants[:5]):
         return False
-    widths = (layers[0].in_features, *(m.out_features for m in layers))
-    return _library(widths, policy.spec["activation"]) is not None
+    return _library(_widths(layers), policy.spec["activation"]) is not None
 
 
 def _ptr(t: Tensor) -> ctypes.c_void_p:
@@ -478,9 +477,13 @@ def _weights(layers: list[nn.Linear]) -> list[Tensor]:
     return out
 
 
+def _widths(layers: list[nn.Linear]) -> tuple[int, ...]:
+    return (layers[0].in_features, *(m.out_features for m in layers))
+
+
 def _lib_for(policy: nn.Module) -> tuple[ctypes.CDLL, list[nn.Linear], tuple[int, ...]]:
     layers = _layers(policy)
-    widths = (layers[0].in_features, *(m.out_features for m in layers))
+    widths = _widths(layers)
     return _library(widths, policy.spec["activation"]), layers, widths
 
 

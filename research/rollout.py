@@ -171,8 +171,8 @@ def fused_rollout(
     features = physics_features(params) if features is None else features
     noise_generator = generator if noise_generator is None else noise_generator
     noise = rollout_noise(th.shape, horizon, features, th, noise, noise_generator)
+    constants = None if compile else step_constants(params, features)  # (compiled chunks derive their own)
     if native is not False:
-        constants = step_constants(params, features)
         plain = not compile and episode_length is None and not keep_trajectory and th.dim() == 1
         if plain and native_module.supported(policy, constants, th, th.numel()):
             rewards, th, thdot = native_module.native_rollout(policy, th, thdot, constants, horizon)
@@ -184,7 +184,6 @@ def fused_rollout(
         if episode_length is not None:
             raise ValueError("compile=True rolls out without resets; use episode_length=None (or compile=False)")
         return _compiled_rollout(policy, state, params, horizon, keep_trajectory, features, noise)
-    constants = step_constants(params, features)
     rewards, observations, actions, next_observations, truncations = [], [], [], [], []
     for t in range(horizon):
         obs, sin_th = observe(th, thdot)
