@@ -71,8 +71,12 @@ class SquashedMLP(nn.Module):
         )
         accelerate(self.net)
         self.max_torque = float(max_torque)
+        self.obs_dim = int(obs_dim)
 
     def forward(self, observation: Tensor) -> Tensor:
+        if observation.ndim == 0 or observation.shape[-1] != self.obs_dim:  # shapes only: no device sync, < 1 us
+            raise ValueError(f"observation must have size {self.obs_dim} in its last dimension ([..., {self.obs_dim}]), "
+                             f"got shape {list(observation.shape)}")
         return self.max_torque * torch.tanh(self.net(observation))
 
 
@@ -82,9 +86,15 @@ def make_policy(
     max_torque: float = MAX_TORQUE,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    obs_dim: int = 3,
+    act_dim: int = 1,
 ) -> SquashedMLP:
-    """A freshly initialised :class:`SquashedMLP` on ``device`` in ``dtype`` (seed torch beforehand)."""
-    return SquashedMLP(hidden_sizes, activation, max_torque).to(device=device, dtype=dtype)
+    """A freshly initialised :class:`SquashedMLP` on ``device`` in ``dtype`` (seed torch beforehand).
+
+    ``max_torque`` is the action bound and ``obs_dim``/``act_dim`` the sizes of the system's observation and action
+    (a system gives them: ``make_policy(..., system.max_action, obs_dim=system.obs_dim,
+    act_dim=system.action_dim)``; the defaults are the pendulum's)."""
+    return SquashedMLP(hidden_sizes, activation, max_torque, obs_dim, act_dim).to(device=device, dtype=dtype)
 
 
 def make_actor(policy: SquashedMLP) -> Actor:
@@ -128,9 +138,20 @@ def load_policy(path: str | os.PathLike) -> SquashedMLP:
         policy = research.load_policy("results/pendulum_compare/bptt/seed_0/policy.pt")
         action = policy(torch.tensor([1.0, 0.0, 0.0]))
     """
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ... on bad bytes
+        reason = " ".join(str(err).split()).split(". ")[0][:120]  # torch's first sentence says what broke
+        raise ValueError(f"{path} is corrupt or not a policy file (torch.load failed: {type(err).__name__}"
+                         f"{': ' + reason if reason else ''})") from None
     if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
         raise ValueError(f"{path} is not a policy file of this project (expected format {POLICY_FORMAT!r})")
-    policy = SquashedMLP(**payload["spec"])
-    policy.load_state_dict(payload["state_dict"])
+    try:
+        policy = SquashedMLP(**payload["spec"])
+        policy.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path} is corrupt: its {POLICY_FORMAT!r} payload does not build a policy "
+                         f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     return policy.eval()
