@@ -19,9 +19,17 @@ string under each field (read the source or ``python -m research.train --algo NA
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import hashlib
+import importlib.util
+import inspect
 import json
+import math
+import os
+import tempfile
+import textwrap
 import tomllib
 import types
 import typing
@@ -160,6 +168,25 @@ def check_device(name: str) -> None:
             raise ConfigError(f"device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
 
 
+def check_output_dir(path: str | os.PathLike, name: str = "--results") -> None:
+    """Raises :class:`ConfigError` (naming ``name``) unless ``path`` is a folder this process can write into; creates
+    it when missing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name} {str(path)!r} is a file, not a folder; give a folder for the run directories")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{name} {str(path)!r} is not a writable folder ({err.strerror or err}); give one that "
+                          "this user can write") from None
+
+
+#: How to install the package a ``logger`` needs (the ``logging`` extra of setup.cfg holds tensorboard).
+LOGGER_PACKAGES = {"tensorboard": "pip install -e '.[logging]'", "wandb": "pip install wandb"}
+
+
 @dataclass
 class RunConfig:
     """Fields every algorithm shares."""
@@ -190,9 +217,20 @@ class RunConfig:
     """Evaluation schedule."""
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):  # from_dict checks parsed values; this, configs built in Python
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{item.name} must be a finite number, got {value}")
+            if item.name.endswith("hidden_sizes") and (not value or any(width <= 0 for width in value)):
+                raise ConfigError(f"{item.name} must be a non-empty list of positive layer widths, got {value}")
         check_device(self.device)
-        if self.num_threads < 0:
-            raise ConfigError(f"num_threads must be >= 0, got {self.num_threads}")
+        max_threads = 4 * (os.cpu_count() or 1)
+        if not 0 <= self.num_threads <= max_threads:
+            raise ConfigError(f"num_threads must be between 0 (torch's setting) and {max_threads} (4 x the "
+                              f"{os.cpu_count()} cores here), got {self.num_threads}")
+        if self.logger in LOGGER_PACKAGES and importlib.util.find_spec(self.logger) is None:
+            raise ConfigError(f"logger={self.logger!r} needs the {self.logger} package, which is not installed: "
+                              f"{LOGGER_PACKAGES[self.logger]} (or use logger='csv')")
         for name in ("seed", "noise_seed", "params_seed"):
             if self.seed == getattr(self.eval, name):
                 raise ConfigError(f"seed must differ from eval.{name} ({self.seed}): what the evaluator draws stays "
@@ -292,6 +330,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         if key not in names:
             raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys are {names}")
     kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+    for key, value in kwargs.items():  # NaN would pass every range check (`lr <= 0` is False), inf most of them
+        if hints[key] is float and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{key} must be a finite number, got {value}")
     try:
         return cls(**kwargs)
     except ConfigError as err:
@@ -318,6 +359,62 @@ def config_hash(config: Any) -> str:
     """A short stable hash of a resolved config (used to tell whether a finished run can be reused)."""
     blob = json.dumps(to_dict(config), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The documentation of each field of the dataclass ``cls`` (and its dataclass bases): the string literal under
+    the field in the class body, on one line."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        except (OSError, TypeError, SyntaxError, IndexError, AttributeError):
+            continue  # no source (a frozen app, a class made at run time): its fields go undocumented
+        for node, after in zip(body, body[1:], strict=False):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_value(str(k)) if not str(k).isidentifier() else k} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    return json.dumps(str(value))
+
+
+def describe_config(config: Any, table: str) -> str:
+    """``config`` as the TOML table ``[table]`` (nested dataclasses as ``[table.field]``), every field followed by a
+    comment with its documentation (:func:`field_docs`): what ``--show-config`` prints, pasteable into an experiment
+    file."""
+    docs = field_docs(type(config))
+    summary = " ".join((type(config).__doc__ or "").split()).split(". ")[0].rstrip(".")
+    lines = [f"[{table}]" + (f"  # {summary}" if summary else "")]
+    nested = []
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            nested.append(item)
+            continue
+        text = f"{item.name} = {_toml_value(value)}" if value is not None else f"# {item.name} = (unset)"
+        doc = docs.get(item.name, "")
+        lines.append(f"{text:<32}  # {doc}" if doc else text)
+    for item in nested:
+        lines.append("")
+        lines.append(describe_config(getattr(config, item.name), f"{table}.{item.name}"))
+    return "\n".join(lines)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

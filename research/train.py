@@ -4,6 +4,8 @@
 
 Writes ``<results>/<experiment>/<algo>/seed_<k>/`` (see :mod:`research.runs`); the experiment's name is the file's
 stem. ``--set`` takes dotted keys inside the algorithm's table (``--set lr=1e-3 --set env.backend=gymnasium``).
+``--show-config`` prints every field of the algorithm's config with its value and its meaning, as a TOML table that
+can be pasted into an experiment file. Bad input (a config value, ``--results``) is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from research.algos import ALGOS, get_algo
-from research.config import ConfigError, apply_overrides, from_dict, load_toml
+from research.config import (
+    ConfigError,
+    apply_overrides,
+    check_output_dir,
+    describe_config,
+    from_dict,
+    load_toml,
+)
 from research.runs import RunWriter, run_dir
 
 
@@ -53,7 +62,9 @@ def experiment_table(path: str | Path, algo: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m research.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m research.train", description=__doc__.splitlines()[0],
+        epilog="Every config field, its default and what it means: python -m research.train --algo NAME --show-config")
     parser.add_argument("--config", type=Path, help="experiment TOML file (default: the algorithm's defaults)")
     parser.add_argument("--algo", required=True, choices=ALGOS)
     parser.add_argument("--seed", type=int, default=0)
@@ -63,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("results"), help="root of the run directories")
     parser.add_argument("--experiment", help="experiment name (default: the config file's stem, else 'default')")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--show-config", action="store_true",
+                        help="print the resolved config, each field with its value and one-line meaning (a TOML "
+                             "table for an experiment file), and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -71,12 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         table = experiment_table(args.config, args.algo) if args.config else {}
         config = resolve_config(args.algo, table, args.seed, overrides)
-    except (ConfigError, ValueError) as err:
-        parser.error(str(err))
+        if not args.show_config:
+            check_output_dir(args.results)
+    except (ConfigError, ValueError) as err:  # bad input: one line on stderr, no traceback
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     if args.show_config:
-        from research.config import to_dict
-
-        print(json.dumps(to_dict(config), indent=2))
+        print(describe_config(config, args.algo))
         return 0
     experiment = args.experiment or (args.config.stem if args.config else "default")
     out = run_dir(args.results, experiment, args.algo, config.seed)

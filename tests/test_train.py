@@ -1,6 +1,6 @@
 """The one-run command line: config resolution, overrides and one-line errors for bad input."""
 
-import json
+import tomllib
 
 import pytest
 import torch
@@ -51,5 +51,20 @@ def test_bad_device_name_is_a_usage_error(capsys):
 
 def test_show_config_prints_every_field(capsys):
     assert main(["--algo", "td3", "--show-config"]) == 0
-    shown = json.loads(capsys.readouterr().out)
+    shown = tomllib.loads(capsys.readouterr().out)["td3"]  # a TOML table for an experiment file
     assert shown["policy_delay"] == 2 and shown["env"]["episode_length"] == 200
+
+
+def test_show_config_gives_each_field_its_meaning(capsys):
+    assert main(["--algo", "bptt", "--show-config", "--set", "lr=1e-3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[bptt]  # Backpropagation through the simulator")
+    fields = {line.split(" = ")[0]: line for line in lines if " = " in line and not line.startswith("#")}
+    assert fields["lr"].startswith("lr = 0.001") and fields["lr"].endswith("# Adam learning rate.")
+    assert "# Widths of the policy MLP's hidden layers." in fields["hidden_sizes"]
+    assert any(line.startswith("[bptt.env]  # ") for line in lines) and "cuda:N" in fields["device"]
+    undocumented = [line for line in lines if " = " in line and "  # " not in line]
+    assert not undocumented, undocumented
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--show-config" in capsys.readouterr().out
