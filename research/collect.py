@@ -2,7 +2,7 @@
 
 TorchRL's :class:`~torchrl.collectors.Collector` steps :class:`research.envs.PendulumEnv` through its transforms and
 the exploration module with a TensorDict per step: ~0.45 ms per transition on one env, about 9 s of a 20k-step DDPG
-run. :class:`SimulatorCollector` steps the same physics (:func:`research.envs.physics.pendulum_step`, the env's
+run. :class:`SimulatorCollector` steps the same system (``system.step``, the env's
 reset distribution and per-episode parameter draws, truncation at ``episode_length``) on plain tensors and builds the
 batch once, with the keys and layout the Collector gives (``[num_envs, frames_per_batch / num_envs]``, the
 ``("next", ...)`` entries, ``done = truncated`` at the episode's end, ``terminated`` always ``False`` and the
@@ -22,30 +22,29 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from research.envs.physics import observation, observe, pendulum_step, step_constants
-from research.envs.presets import Physics
+from research.systems import System
 
-#: ``explore(observation [N, 3], generator) -> action [N, 1]``: the exploration policy, drawing its noise from
-#: the collector's generator.
+#: ``explore(observation [N, obs_dim], generator) -> action [N, action_dim]``: the exploration policy, drawing its
+#: noise from the collector's generator.
 Explore = Callable[[Tensor, torch.Generator], Tensor]
 
 
 class SimulatorCollector:
-    """Yields ``total_frames / frames_per_batch`` batches of transitions from ``num_envs`` pendulums of ``physics``.
+    """Yields ``total_frames / frames_per_batch`` batches of transitions from ``num_envs`` copies of ``physics``.
 
     Args:
-        physics: the variant (fixed values, per-episode draws, torque noise).
-        explore: ``(observation [num_envs, 3], generator) -> action [num_envs, 1]`` after the warm-up (called
-            without grad).
-        num_envs: pendulums stepped together.
+        physics: the system and its variant (fixed values, per-episode draws, noise).
+        explore: ``(observation [num_envs, obs_dim], generator) -> action [num_envs, action_dim]`` after the
+            warm-up (called without grad).
+        num_envs: systems stepped together.
         frames_per_batch: transitions per batch (a multiple of ``num_envs``).
         total_frames: transitions in all.
         warmup_frames: transitions with uniformly random actions first.
-        episode_length: steps after which an episode is truncated and its pendulum reset.
+        episode_length: steps after which an episode is truncated and its system reset.
         seed: seeds :attr:`generator`.
     """
 
-    def __init__(self, physics: Physics, explore: Explore, *, num_envs: int, frames_per_batch: int,
+    def __init__(self, physics: System, explore: Explore, *, num_envs: int, frames_per_batch: int,
                  total_frames: int, warmup_frames: int, episode_length: int, seed: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         if frames_per_batch % num_envs:
@@ -56,28 +55,28 @@ class SimulatorCollector:
         self.device, self.dtype = torch.device(device), dtype
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.features = physics.features
-        self.max_torque = physics.max_torque
+        self.max_action = physics.max_action
         self.frames = 0
         shape = (num_envs,)
         self.params = physics.params(shape, self.generator, self.device, dtype)
-        self.th, self.thdot = physics.initial_state(shape, self.generator, self.device, dtype, params=self.params)
-        self.episode_step = 0  # every pendulum starts, and so ends, its episodes at the same step
+        self.state = physics.initial_state(shape, self.generator, self.device, dtype, params=self.params)
+        self.episode_step = 0  # every system starts, and so ends, its episodes at the same step
         self.episode_return = torch.zeros(shape, dtype=dtype, device=self.device)
 
     def __iter__(self) -> Iterator[TensorDict]:
         return self
 
     def _random_action(self) -> Tensor:
-        u = torch.rand((self.num_envs, 1), generator=self.generator, device=self.device, dtype=self.dtype)
-        return (2.0 * u - 1.0) * self.max_torque
+        u = torch.rand((self.num_envs, self.physics.action_dim), generator=self.generator, device=self.device,
+                       dtype=self.dtype)
+        return (2.0 * u - 1.0) * self.max_action
 
     def _reset(self) -> None:
-        """New episodes: fresh states (and, for ranged parameters, fresh parameters) for every pendulum."""
+        """New episodes: fresh states (and, for ranged parameters, fresh parameters) for every system."""
         shape = (self.num_envs,)
         if self.physics.ranges:
             self.params = self.physics.params(shape, self.generator, self.device, self.dtype)
-        self.th, self.thdot = self.physics.initial_state(shape, self.generator, self.device, self.dtype,
-                                                         params=self.params)
+        self.state = self.physics.initial_state(shape, self.generator, self.device, self.dtype, params=self.params)
         self.episode_step = 0
         self.episode_return = torch.zeros_like(self.episode_return)
 
@@ -86,28 +85,27 @@ class SimulatorCollector:
         if self.frames >= self.total_frames:
             raise StopIteration
         n, steps = self.num_envs, self.steps_per_batch
-        constants = step_constants(self.params, self.features)
+        system = self.physics
+        constants = system.constants(self.params, self.features, like=self.state)
         columns: dict[str, list[Tensor]] = {k: [] for k in ("obs", "action", "next_obs", "reward", "done", "return")}
         for _ in range(steps):
-            obs, sin_th = observe(self.th, self.thdot)
+            obs, aux = system.observe_for_step(self.state)
             warmup = self.frames < self.warmup_frames
             action = self._random_action() if warmup else self.explore(obs, self.generator)
-            noise = None
-            if self.features.noise:
-                noise = torch.randn((n,), generator=self.generator, device=self.device, dtype=self.dtype)
-            self.th, self.thdot, reward = pendulum_step(self.th, self.thdot, action.squeeze(-1), constants, sin_th,
-                                                        noise=noise)
+            noise = system.noise_block((n,), 1, self.generator, self.state, self.features)
+            self.state, reward = system.step(self.state, action, constants,
+                                             None if noise is None else noise[:, 0, :], aux)
             self.episode_step += 1
             self.episode_return = self.episode_return + reward
             done = self.episode_step >= self.episode_length
-            for key, value in zip(columns, (obs, action, observation(self.th, self.thdot), reward,
+            for key, value in zip(columns, (obs, action, system.observe(self.state), reward,
                                             torch.full((n,), done, device=self.device), self.episode_return),
                                   strict=True):
                 columns[key].append(value)
             self.frames += n
             if done:
                 self._reset()
-                constants = step_constants(self.params, self.features)
+                constants = system.constants(self.params, self.features, like=self.state)
         obs, action, next_obs = (torch.stack(columns[k], dim=1) for k in ("obs", "action", "next_obs"))
         reward, done, episode_return = (torch.stack(columns[k], dim=1).unsqueeze(-1)
                                         for k in ("reward", "done", "return"))

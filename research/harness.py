@@ -31,10 +31,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from research.config import ConfigError
-from research.envs.presets import Physics
 from research.evaluation import evaluate_policy
 from research.rollout import RolloutState, initial_state
 from research.rundir import EVAL_PREFIX
+from research.systems import System
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +111,21 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, iterations: 
     raise ConfigError(f"lr_schedule must be 'constant', 'linear' or 'cosine', got {schedule!r}")
 
 
-def staggered_start(num_envs: int, episode_length: int, physics: Physics, generator: torch.Generator,
+def staggered_start(num_envs: int, episode_length: int, system: System, generator: torch.Generator,
                     device: torch.device, dtype: torch.dtype, params: Any = None) -> RolloutState:
-    """Fresh pendulums ``[num_envs]`` of ``physics`` whose episode step counters are spread evenly over
+    """Fresh states ``[num_envs, state_dim]`` of ``system`` whose episode step counters are spread evenly over
     ``[0, episode_length)``, so that every window of truncated BPTT or SHAC sees every phase of an episode."""
-    th, thdot = physics.initial_state((num_envs,), generator, device, dtype, params=params)
+    state = system.initial_state((num_envs,), generator, device, dtype, params=params)
     offsets = torch.arange(num_envs, device=device) * episode_length // num_envs
-    return initial_state(th, thdot, offsets.to(torch.int64))
+    return initial_state(state, offsets.to(torch.int64))
 
 
-def redraw_finished(params: Any, physics: Physics, finished: Tensor, generator: torch.Generator) -> Any:
-    """``params`` with the pendulums flagged in ``finished [B]`` given fresh draws of ``physics.ranges`` (a new
-    episode, a new pendulum); unchanged when the physics draws nothing."""
-    if not physics.ranges:
+def redraw_finished(params: Any, system: System, finished: Tensor, generator: torch.Generator) -> Any:
+    """``params`` with the episodes flagged in ``finished [B]`` given fresh draws of ``system.ranges`` (a new
+    episode, a new physical system); unchanged when the system draws nothing."""
+    if not system.ranges:
         return params
-    fresh = physics.params(finished.shape, generator, finished.device, params.g.dtype)
+    fresh = system.params(finished.shape, generator, finished.device, params[0].dtype)
     return type(params)(*(torch.where(finished, new, old) for new, old in zip(fresh, params, strict=True)))
 
 
@@ -159,7 +159,7 @@ class Evaluator:
     """Runs the shared evaluator every ``interval_env_steps`` and remembers the latest score.
 
     With a ``budget``, the time each evaluation takes is added to ``budget.eval_time_s`` (and so left out of its
-    training wall-clock). ``physics`` is what the policy is scored on (default: Pendulum-v1's own).
+    training wall-clock). ``physics`` is the system the policy is scored on (default: Pendulum-v1's own).
     """
 
     def __init__(self, eval_config: Any, device: torch.device, dtype: torch.dtype, budget: Budget | None = None,
@@ -223,7 +223,13 @@ class RunContext:
     dtype: torch.dtype
     generator: torch.Generator
     budget: Budget
-    physics: Physics
+    system: System
+    """The training system and its physics variant (``env.system``, ``env.physics``, ``env.params``)."""
+
+    @property
+    def physics(self) -> System:
+        """The training system (its older name, from when every system was a pendulum)."""
+        return self.system
     guards: list[SkipGuard] = field(default_factory=list)
 
     def guard(self, name: str) -> SkipGuard:

@@ -1,8 +1,10 @@
 """Fused rollouts: the policy and the pure physics in one tensor loop, with no per-step tensordict overhead.
 
-This is the default path of every differentiable trainer (the evaluator runs its gradient-free twin,
-:func:`simulate`). It calls the same :func:`research.envs.physics.pendulum_step` as
-:class:`research.envs.PendulumEnv`, so both paths give identical rewards and gradients (``tests/test_rollout.py``
+This is the one step loop of the library: every differentiable trainer runs it (the evaluator runs its gradient-free
+twin, :func:`simulate`), for any :class:`research.systems.System` (``system=``; default: Gymnasium's pendulum). A
+step is ``system.observe`` -> ``policy`` -> ``system.step``; the system owns the state layout, the observation, the
+physics, the reset distribution and the noise, and this module names none of them. The pendulum's TorchRL
+environment calls the same step, so both paths give identical rewards and gradients (``tests/test_rollout.py``
 checks it). Where :mod:`research.native` supports the case (a small tanh/relu ``SquashedMLP`` on Gymnasium's physics,
 without resets, trajectory or compile), both functions hand the whole loop to its generated C code instead, forward
 and backward (``native=None``, the default; ``tests/test_native.py`` checks the agreement): at small batches that is
@@ -10,14 +12,15 @@ several times faster than any torch path, because a step no longer costs a dozen
 
 Episodes can be truncated inside a rollout: with ``episode_length`` set, every environment whose step counter reaches
 it is reset to a fresh state drawn from Gymnasium's reset distribution (the gradient chain is cut there, as in a
-real reset; with a wall, the new angle is represented in the wall's range). Staggered step counters give the
+real reset, from ``system.reset_state``). Staggered step counters give the
 staggered episode starts of truncated BPTT and SHAC.
 
-Which optional physics terms the steps compute (:class:`research.envs.physics.PhysicsFeatures`) is decided once per
-rollout: from ``features=`` (e.g. ``Physics.features`` of a preset, no host sync) or else read from ``params`` with
-one host sync. Torque noise (``torque_noise > 0``) takes one standard-normal sample per environment and step: the
-whole ``[*B, H]`` block is drawn at the start of the rollout from ``noise_generator`` (default: ``generator``), or
-passed in as ``noise=`` (the evaluator does, so every method meets the same noise).
+Which optional physics terms the steps compute (e.g. :class:`research.systems.pendulum.PhysicsFeatures`) is decided
+once per rollout: from ``features=``, else the system's own (``system.features``, static, no host sync), else (no
+system given) read from ``params`` with one host sync. A system with noise (the pendulum's ``torque_noise > 0``)
+takes ``system.noise_dim`` standard-normal samples per environment and step: the whole ``[*B, H, noise_dim]`` block
+is drawn at the start of the rollout from ``noise_generator`` (default: ``generator``), or passed in as ``noise=``
+(the evaluator does, so every method meets the same noise).
 
 Two faster variants of the same loop (``tests/benchmarks`` measures them; ``tests/test_rollout_paths.py`` checks
 that their results agree with the eager loop to float tolerance; in general not bit for bit):
@@ -37,24 +40,15 @@ Both run the policy's own forward: a :class:`~research.policies.SquashedMLP` run
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from research.envs.physics import (
-    PendulumParams,
-    PhysicsFeatures,
-    observation,
-    observe,
-    pendulum_step,
-    physics_features,
-    sample_initial_state,
-    step_constants,
-    to_wall_range,
-)
 import research.native as native_module
 from research.policies import as_tensor_policy
+from research.systems import System
+from research.systems.pendulum import Pendulum
 
 Policy = Callable[[Tensor], Tensor]
 
@@ -63,14 +57,15 @@ Policy = Callable[[Tensor], Tensor]
 COMPILE_CHUNK = 10
 #: Rows per tile in :func:`simulate`: a tile's activations (``tile x 64`` floats per layer) stay in L2 cache.
 SIMULATE_TILE = 4096
+#: The system of a rollout that names none: Gymnasium's pendulum (its features read from the parameters).
+DEFAULT_SYSTEM = Pendulum()
 
 
 class RolloutState(NamedTuple):
-    """What a rollout carries from one window to the next, each ``[*B]``."""
+    """What a rollout carries from one window to the next."""
 
-    th: Tensor
-    thdot: Tensor
-    step_count: Tensor  # int64: steps taken in the current episode
+    state: Tensor  # [*B, state_dim]
+    step_count: Tensor  # [*B] int64: steps taken in the current episode
 
 
 class Rollout(NamedTuple):
@@ -82,136 +77,143 @@ class Rollout(NamedTuple):
 
     rewards: Tensor  # [*B, H]
     state: RolloutState  # after the last step (and after any reset at that step)
-    observations: Tensor | None = None  # [*B, H, 3] what the policy saw
-    actions: Tensor | None = None  # [*B, H, 1]
-    next_observations: Tensor | None = None  # [*B, H, 3] the state reached, before any reset
+    observations: Tensor | None = None  # [*B, H, obs_dim] what the policy saw
+    actions: Tensor | None = None  # [*B, H, action_dim]
+    next_observations: Tensor | None = None  # [*B, H, obs_dim] the state reached, before any reset
     truncated: Tensor | None = None  # [*B, H] bool: the episode ended (and was reset) after this step
 
 
-def initial_state(th: Tensor, thdot: Tensor, step_count: Tensor | None = None) -> RolloutState:
-    """A :class:`RolloutState` at the start of episodes (step counters zero unless given)."""
+def initial_state(state: Tensor, step_count: Tensor | None = None) -> RolloutState:
+    """A :class:`RolloutState` at the start of episodes from states ``[*B, state_dim]`` (step counters zero unless
+    given)."""
     if step_count is None:
-        step_count = torch.zeros(th.shape, dtype=torch.int64, device=th.device)
-    return RolloutState(th, thdot, step_count)
+        step_count = torch.zeros(state.shape[:-1], dtype=torch.int64, device=state.device)
+    return RolloutState(state, step_count)
+
+
+def _resolve(system: System | None, params: Any, features: Any) -> tuple[System, Any]:
+    """The rollout's system and features (see the module docstring)."""
+    if system is None:
+        system = DEFAULT_SYSTEM
+        return system, system.features_of(params) if features is None else features
+    return system, system.features if features is None else features
 
 
 def rollout_noise(
     shape: torch.Size | tuple[int, ...],
     horizon: int,
-    features: PhysicsFeatures,
+    features: Any,
     like: Tensor,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
+    system: System | None = None,
 ) -> Tensor | None:
-    """The standard-normal torque-noise block ``[*shape, horizon]`` of a rollout, or ``None`` without noise.
+    """The standard-normal noise block ``[*shape, horizon, noise_dim]`` of a rollout, or ``None`` without noise.
 
     ``noise`` (if given) is checked and returned; otherwise it is drawn from ``generator`` on ``like``'s device and
     dtype. Raises ``ValueError`` when the features need noise and neither is given.
     """
-    if not features.noise:
-        return None
-    expected = (*shape, horizon)
-    if noise is not None:
-        if tuple(noise.shape) != expected:
-            raise ValueError(f"noise must have shape [*B, H] = {list(expected)}, got {list(noise.shape)}")
-        return noise
-    if generator is None:
-        raise ValueError(
-            "generator (or noise_generator, or noise) is required when torque_noise > 0: the rollout draws its "
-            "torque noise from it; got None"
-        )
-    return torch.randn(expected, generator=generator, device=like.device, dtype=like.dtype)
+    system = DEFAULT_SYSTEM if system is None else system
+    return system.noise_block(tuple(shape), horizon, generator, like, features, noise)
+
+
+def _native_case(system: System, policy: Policy, constants: Any, state: Tensor, native: bool | None,
+                 plain: bool) -> bool:
+    """Whether :mod:`research.native` runs this rollout (``native=True`` and an unsupported case raise)."""
+    if native is False:
+        return False
+    ok = plain and system.native and state.dim() == 2 and native_module.supported(policy, constants, state,
+                                                                                  state.shape[0])
+    if native and not ok:
+        raise ValueError("native=True: research.native does not support this rollout (see research.native.supported; "
+                         "the pendulum, no compile, episode_length or keep_trajectory, a [B] batch)")
+    return ok
 
 
 def fused_rollout(
     policy: Policy,
     state: RolloutState,
-    params: PendulumParams,
+    params: Any,
     horizon: int,
     *,
+    system: System | None = None,
     episode_length: int | None = None,
     generator: torch.Generator | None = None,
     keep_trajectory: bool = False,
     compile: bool = False,
-    features: PhysicsFeatures | None = None,
+    features: Any = None,
     noise: Tensor | None = None,
     noise_generator: torch.Generator | None = None,
     native: bool | None = None,
 ) -> Rollout:
-    """Rolls ``policy`` through the pendulum for ``horizon`` steps, differentiably.
+    """Rolls ``policy`` through ``system`` for ``horizon`` steps, differentiably.
 
     Args:
-        policy: ``observation [*B, 3] -> action [*B, 1]``.
-        state: start state (see :func:`initial_state`); tensors may require grad. With a wall, ``state.th`` must
-            lie in the wall's range ``[phi - 2 pi, phi]`` (``Physics.initial_state`` and resets give that; a carried
-            state already is).
-        params: physical parameters, each ``[*B]`` or broadcastable to it.
+        policy: ``observation [*B, obs_dim] -> action [*B, action_dim]``.
+        state: start state (see :func:`initial_state`); tensors may require grad. Use ``system.initial_state``
+            (which represents a pendulum's angle in a wall's range); a carried state already is.
+        params: the system's physical parameters (``system.params(...)``), each ``[*B]`` or broadcastable to it.
         horizon: number of steps ``H``.
+        system: the :class:`~research.systems.System` (default: Gymnasium's pendulum, features read from ``params``).
         episode_length: if set, environments whose episode reaches this many steps are reset in place, with new
-            states drawn from ``generator``.
-        generator: draws the reset states, and the torque noise unless ``noise_generator`` or ``noise`` is given.
+            states drawn from ``generator`` (``system.reset_state``).
+        generator: draws the reset states, and the noise unless ``noise_generator`` or ``noise`` is given.
         keep_trajectory: also return observations, actions, next observations and truncation flags.
         compile: run the steps in ``torch.compile``-d chunks of :data:`COMPILE_CHUNK` steps (forward and backward
             compiled; the first call per batch shape compiles for tens of seconds). Not with ``episode_length``.
-        features: which optional physics terms to compute (e.g. ``Physics.features``); default: read from
-            ``params`` (one host sync per call). Must cover ``params``; a superset is correct, only slower.
-        noise: standard-normal torque noise ``[*B, H]`` to use instead of drawing it (only with noise features).
-        noise_generator: a separate stream for the torque noise (default: ``generator``).
+        features: which optional physics terms to compute; default: the system's (or, without a system, read from
+            ``params``, one host sync per call). Must cover ``params``; a superset is correct, only slower.
+        noise: standard-normal noise ``[*B, H, noise_dim]`` (``[*B, H]`` for one draw a step) to use instead of
+            drawing it (only with noise features).
+        noise_generator: a separate stream for the noise (default: ``generator``).
         native: run :func:`research.native.native_rollout` (the C loop with its own adjoint); ``None`` (default):
-            wherever it supports the case (:func:`research.native.supported`: a small tanh/relu ``SquashedMLP``,
-            Gymnasium's physics) and neither ``compile``, ``episode_length`` nor ``keep_trajectory`` is asked for;
-            ``False``: never; ``True``: required.
+            wherever it supports the case (:func:`research.native.supported`: the pendulum without optional terms,
+            a policy that declares its layers) and neither ``compile``, ``episode_length`` nor ``keep_trajectory``
+            is asked for; ``False``: never; ``True``: required.
 
     Returns:
         A :class:`Rollout`; ``rewards`` has shape ``[*B, H]``.
     """
     if horizon <= 0:
         raise ValueError(f"horizon must be a positive number of steps, got {horizon}")
-    th, thdot, step_count = state
-    features = physics_features(params) if features is None else features
+    x, step_count = state
+    batch = x.shape[:-1]
+    system, features = _resolve(system, params, features)
     noise_generator = generator if noise_generator is None else noise_generator
-    noise = rollout_noise(th.shape, horizon, features, th, noise, noise_generator)
-    constants = None if compile else step_constants(params, features)  # (compiled chunks derive their own)
-    if native is not False:
-        plain = not compile and episode_length is None and not keep_trajectory and th.dim() == 1
-        if plain and native_module.supported(policy, constants, th, th.numel()):
-            rewards, th, thdot = native_module.native_rollout(policy, th, thdot, constants, horizon)
-            return Rollout(rewards, RolloutState(th, thdot, step_count + horizon))
-        if native:
-            raise ValueError("native=True: research.native does not support this rollout (see "
-                             "research.native.supported; no compile, episode_length or keep_trajectory, a [B] batch)")
+    noise = rollout_noise(batch, horizon, features, x, noise, noise_generator, system)
+    constants = None if compile else system.constants(params, features, like=x)  # (compiled chunks derive theirs)
+    plain = not compile and episode_length is None and not keep_trajectory
+    if _native_case(system, policy, constants, x, native, plain):
+        rewards, *columns = native_module.native_rollout(policy, *x.unbind(-1), constants, horizon)
+        return Rollout(rewards, RolloutState(torch.stack(columns, dim=-1), step_count + horizon))
     if compile:
         if episode_length is not None:
             raise ValueError("compile=True rolls out without resets; use episode_length=None (or compile=False)")
-        return _compiled_rollout(policy, state, params, horizon, keep_trajectory, features, noise)
+        return _compiled_rollout(policy, system, state, params, horizon, keep_trajectory, features, noise)
     rewards, observations, actions, next_observations, truncations = [], [], [], [], []
     for t in range(horizon):
-        obs, sin_th = observe(th, thdot)
+        obs, aux = system.observe_for_step(x)
         action = policy(obs)
-        step_noise = None if noise is None else noise[..., t]
-        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th, noise=step_noise)
+        x, reward = system.step(x, action, constants, None if noise is None else noise[..., t, :], aux)
         rewards.append(reward)
         if episode_length is not None:
             step_count = step_count + 1
         if keep_trajectory:
             observations.append(obs)
             actions.append(action)
-            next_observations.append(observation(th, thdot))
+            next_observations.append(system.observe(x))
         if episode_length is not None:
             done = step_count >= episode_length
-            new_th, new_thdot = sample_initial_state(th.shape, generator, th.device, th.dtype)
-            if features.wall:
-                new_th = to_wall_range(new_th, constants.wall_angle)
-            th = torch.where(done, new_th, th)
-            thdot = torch.where(done, new_thdot, thdot)
+            fresh = system.reset_state(batch, generator, x, constants, features)
+            x = torch.where(done.unsqueeze(-1), fresh, x)
             step_count = torch.where(done, torch.zeros_like(step_count), step_count)
             if keep_trajectory:
                 truncations.append(done)
-    final = RolloutState(th, thdot, step_count if episode_length is not None else step_count + horizon)
+    final = RolloutState(x, step_count if episode_length is not None else step_count + horizon)
     if not keep_trajectory:
         return Rollout(torch.stack(rewards, dim=-1), final)
     if not truncations:
-        truncations = [torch.zeros(th.shape, dtype=torch.bool, device=th.device)] * horizon
+        truncations = [torch.zeros(batch, dtype=torch.bool, device=x.device)] * horizon
     return Rollout(
         rewards=torch.stack(rewards, dim=-1),
         state=final,
@@ -232,36 +234,36 @@ def discounted_sum(rewards: Tensor, discount: float) -> Tensor:
 # ---------------------------------------------------------------------------------------------------- compiled chunks
 def _rollout_steps(
     policy: Policy,
-    th: Tensor,
-    thdot: Tensor,
-    params: PendulumParams,
+    system: System,
+    x: Tensor,
+    params: Any,
     steps: int,
     keep_trajectory: bool,
-    features: PhysicsFeatures,
+    features: Any,
     noise: Tensor | None,
 ) -> tuple[Tensor, ...]:
-    """``steps`` steps of the fused loop without resets, the body of one compiled chunk (``noise``: ``[*B, steps]``).
+    """``steps`` steps of the fused loop without resets, the body of one compiled chunk (``noise``:
+    ``[*B, steps, noise_dim]``).
 
-    Returns ``(th, thdot, rewards [*B, steps])``, followed by ``observations [*B, steps, 3]``, ``actions
-    [*B, steps, 1]`` and ``next_observations [*B, steps, 3]`` when ``keep_trajectory``.
+    Returns ``(state, rewards [*B, steps])``, followed by ``observations [*B, steps, obs_dim]``, ``actions
+    [*B, steps, action_dim]`` and ``next_observations [*B, steps, obs_dim]`` when ``keep_trajectory``.
     """
-    constants = step_constants(params, features)
+    constants = system.constants(params, features, like=x)
     rewards, observations, actions = [], [], []
     for t in range(steps):
-        obs, sin_th = observe(th, thdot)
+        obs, aux = system.observe_for_step(x)
         action = policy(obs)
-        step_noise = None if noise is None else noise[..., t]
-        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th, noise=step_noise)
+        x, reward = system.step(x, action, constants, None if noise is None else noise[..., t, :], aux)
         rewards.append(reward)
         if keep_trajectory:
             observations.append(obs)
             actions.append(action)
     rewards = torch.stack(rewards, dim=-1)
     if not keep_trajectory:
-        return th, thdot, rewards
-    observations.append(observation(th, thdot))
+        return x, rewards
+    observations.append(system.observe(x))
     trajectory = torch.stack(observations, dim=-2)
-    return th, thdot, rewards, trajectory[..., :-1, :], torch.stack(actions, dim=-2), trajectory[..., 1:, :]
+    return x, rewards, trajectory[..., :-1, :], torch.stack(actions, dim=-2), trajectory[..., 1:, :]
 
 
 _COMPILED: dict[tuple[str, str], Callable] = {}
@@ -287,23 +289,24 @@ def _compiled(fn: Callable, device: torch.device) -> Callable:
 
 def _compiled_rollout(
     policy: Policy,
+    system: System,
     state: RolloutState,
-    params: PendulumParams,
+    params: Any,
     horizon: int,
     keep_trajectory: bool,
-    features: PhysicsFeatures,
+    features: Any,
     noise: Tensor | None,
 ) -> Rollout:
-    th, thdot, step_count = state
-    steps_fn = _compiled(_rollout_steps, th.device)
+    x, step_count = state
+    steps_fn = _compiled(_rollout_steps, x.device)
     chunks = []
     for start in range(0, horizon, COMPILE_CHUNK):
         stop = min(start + COMPILE_CHUNK, horizon)
-        chunk_noise = None if noise is None else noise[..., start:stop]
-        out = steps_fn(policy, th, thdot, params, stop - start, keep_trajectory, features, chunk_noise)
-        th, thdot = out[0], out[1]
-        chunks.append(out[2:])
-    final = RolloutState(th, thdot, step_count + horizon)
+        chunk_noise = None if noise is None else noise[..., start:stop, :]
+        out = steps_fn(policy, system, x, params, stop - start, keep_trajectory, features, chunk_noise)
+        x = out[0]
+        chunks.append(out[1:])
+    final = RolloutState(x, step_count + horizon)
     rewards = torch.cat([c[0] for c in chunks], dim=-1)
     if not keep_trajectory:
         return Rollout(rewards, final)
@@ -314,49 +317,48 @@ def _compiled_rollout(
 
 # ---------------------------------------------------------------------------------------------------- simulation
 class Simulation(NamedTuple):
-    """The result of :func:`simulate`, each ``[*B]``."""
+    """The result of :func:`simulate`."""
 
-    returns: Tensor  # undiscounted sum of the rewards over the horizon
-    th: Tensor  # final state
-    thdot: Tensor
+    returns: Tensor  # [*B] undiscounted sum of the rewards over the horizon
+    state: Tensor  # [*B, state_dim] final state
 
 
 def _simulate_steps(
     policy: Policy,
-    th: Tensor,
-    thdot: Tensor,
-    params: PendulumParams,
+    system: System,
+    x: Tensor,
+    params: Any,
     steps: int,
-    features: PhysicsFeatures,
+    features: Any,
     noise: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``steps`` gradient-free steps: ``(th, thdot, rewards [N, steps])``, the body of one compiled chunk."""
-    constants = step_constants(params, features)
+) -> tuple[Tensor, Tensor]:
+    """``steps`` gradient-free steps: ``(state, rewards [N, steps])``, the body of one compiled chunk."""
+    constants = system.constants(params, features, like=x)
     rewards = []
     for t in range(steps):
-        obs, sin_th = observe(th, thdot)
+        obs, aux = system.observe_for_step(x)
         action = policy(obs)
-        step_noise = None if noise is None else noise[..., t]
-        th, thdot, reward = pendulum_step(th, thdot, action.squeeze(-1), constants, sin_th, noise=step_noise)
+        x, reward = system.step(x, action, constants, None if noise is None else noise[..., t, :], aux)
         rewards.append(reward)
-    return th, thdot, torch.stack(rewards, dim=-1)
+    return x, torch.stack(rewards, dim=-1)
 
 
 @torch.no_grad()
 def simulate(
     policy: Policy,
-    state: RolloutState | tuple[Tensor, Tensor],
-    params: PendulumParams,
+    state: RolloutState | Tensor,
+    params: Any,
     horizon: int,
     *,
+    system: System | None = None,
     compile: bool = False,
     tile: int = SIMULATE_TILE,
-    features: PhysicsFeatures | None = None,
+    features: Any = None,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
     native: bool | None = None,
 ) -> Simulation:
-    """Rolls ``policy`` through the pendulum for ``horizon`` steps without gradients and returns only the returns.
+    """Rolls ``policy`` through ``system`` for ``horizon`` steps without gradients and returns only the returns.
 
     The fast path for evaluation and throughput: no autograd graph, no trajectory kept (each tile's ``[rows, H]``
     rewards are summed once at its end), batches larger than ``tile`` simulated tile by tile (each tile runs all
@@ -365,69 +367,72 @@ def simulate(
     noise).
 
     Args:
-        policy: ``observation [N, 3] -> action [N, 1]``.
-        state: start state ``(th, thdot)`` (or a :class:`RolloutState`), each ``[*B]``.
-        params: physical parameters, each ``[*B]`` or broadcastable to it.
+        policy: ``observation [N, obs_dim] -> action [N, action_dim]``.
+        state: start states ``[*B, state_dim]`` (or a :class:`RolloutState`).
+        params: the system's physical parameters, each ``[*B]`` or broadcastable to it.
         horizon: number of steps ``H``.
+        system: the :class:`~research.systems.System` (default: Gymnasium's pendulum, features read from ``params``).
         compile: run the loop in ``torch.compile``-d chunks of :data:`COMPILE_CHUNK` steps (CUDA graphs on CUDA).
         tile: rows simulated together.
-        features: which optional physics terms to compute (default: read from ``params``, one host sync).
-        generator: draws the torque noise (``[tile, H]`` per tile) when ``torque_noise > 0`` and ``noise`` is not
-            given.
-        noise: standard-normal torque noise ``[*B, H]`` to use instead.
+        features: which optional physics terms to compute (default: the system's, or read from ``params``).
+        generator: draws the noise (``[tile, H, noise_dim]`` per tile) when the physics has noise and ``noise`` is
+            not given.
+        noise: standard-normal noise ``[*B, H, noise_dim]`` (or ``[*B, H]``) to use instead.
         native: run each tile through :func:`research.native.native_simulate` (the C loop); ``None`` (default):
-            wherever it supports the case (:func:`research.native.supported`: a small tanh/relu ``SquashedMLP``,
-            Gymnasium's physics) and ``compile`` is off; ``False``: never; ``True``: required.
+            wherever it supports the case (the pendulum without optional terms, a policy that declares its layers)
+            and ``compile`` is off; ``False``: never; ``True``: required.
 
     Returns:
-        A :class:`Simulation` of ``[*B]`` tensors: the undiscounted returns and the final state.
+        A :class:`Simulation`: the undiscounted returns ``[*B]`` and the final states ``[*B, state_dim]``.
     """
     if horizon <= 0:
         raise ValueError(f"horizon must be a positive number of steps, got {horizon}")
     if tile <= 0:
         raise ValueError(f"tile must be a positive number of rows, got {tile}")
     policy = as_tensor_policy(policy)
-    th, thdot = state[0], state[1]
-    batch = th.shape
-    th, thdot = th.reshape(-1), thdot.reshape(-1)
-    n = th.numel()
-    features = physics_features(params) if features is None else features
-    params = PendulumParams(
-        *(torch.broadcast_to(torch.as_tensor(p, dtype=th.dtype, device=th.device), batch).reshape(-1) for p in params)
+    x = state[0] if isinstance(state, RolloutState) else state
+    batch, dim = x.shape[:-1], x.shape[-1]
+    x = x.reshape(-1, dim)
+    n = x.shape[0]
+    system, features = _resolve(system, params, features)
+    params = type(params)(
+        *(torch.broadcast_to(torch.as_tensor(p, dtype=x.dtype, device=x.device), batch).reshape(-1) for p in params)
     )
     if noise is not None:
-        noise = rollout_noise(batch, horizon, features, th, noise).reshape(n, horizon)
-    steps_fn = _compiled(_simulate_steps, th.device) if compile else _simulate_steps
-    graphs = compile and th.device.type == "cuda"  # _compiled captures CUDA graphs there
+        noise = rollout_noise(batch, horizon, features, x, noise, None, system)
+        noise = noise.reshape(n, horizon, -1)
+    steps_fn = _compiled(_simulate_steps, x.device) if compile else _simulate_steps
+    graphs = compile and x.device.type == "cuda"  # _compiled captures CUDA graphs there
     chunk = COMPILE_CHUNK if compile else horizon
     tiles = []
     for lo in range(0, n, tile):
         rows = slice(lo, min(lo + tile, n))
-        t_th, t_thdot, t_params = th[rows], thdot[rows], PendulumParams(*(p[rows] for p in params))
+        t_x, t_params = x[rows], type(params)(*(p[rows] for p in params))
         if noise is None:
-            t_noise = rollout_noise(t_th.shape, horizon, features, t_th, None, generator)
+            t_noise = rollout_noise(t_x.shape[:-1], horizon, features, t_x, None, generator, system)
         else:
             t_noise = noise[rows]
         if native is not False and not compile:
-            t_constants = step_constants(t_params, features)
-            if native_module.supported(policy, t_constants, t_th, t_th.shape[0]):
-                tiles.append(native_module.native_simulate(policy, t_th, t_thdot, t_constants, horizon))
+            t_constants = system.constants(t_params, features, like=t_x)
+            if _native_case(system, policy, t_constants, t_x, native, True):
+                returns, *columns = native_module.native_simulate(policy, *t_x.unbind(-1), t_constants, horizon)
+                tiles.append((returns, torch.stack(columns, dim=-1)))
                 continue
-        if native:
-            raise ValueError("native=True: research.native does not support this simulation (see "
-                             "research.native.supported; compile=False)")
+        elif native:
+            _native_case(system, policy, None, t_x, native, False)  # raises
         rewards = []
         for start in range(0, horizon, chunk):
             stop = min(start + chunk, horizon)
-            c_noise = None if t_noise is None else t_noise[:, start:stop]
-            t_th, t_thdot, c_rewards = steps_fn(policy, t_th, t_thdot, t_params, stop - start, features, c_noise)
+            c_noise = None if t_noise is None else t_noise[:, start:stop, :]
+            t_x, c_rewards = steps_fn(policy, system, t_x, t_params, stop - start, features, c_noise)
             # A CUDA graph's outputs are overwritten by its next replay: keep copies of what outlives the call.
             rewards.append(c_rewards.clone() if graphs else c_rewards)
         if graphs:
-            t_th, t_thdot = t_th.clone(), t_thdot.clone()
+            t_x = t_x.clone()
         # One sum over the tile's [rows, H] rewards, as fused_rollout(...).rewards.sum(-1) sums them (a running sum
         # would round differently); the tile's rewards are a few hundred kB.
         returns = (rewards[0] if len(rewards) == 1 else torch.cat(rewards, dim=-1)).sum(-1)
-        tiles.append((returns, t_th, t_thdot))
-    returns, th, thdot = (torch.cat([t[i] for t in tiles]).reshape(batch) for i in range(3))
-    return Simulation(returns, th, thdot)
+        tiles.append((returns, t_x))
+    returns = torch.cat([t[0] for t in tiles]).reshape(batch)
+    final = torch.cat([t[1] for t in tiles]).reshape(*batch, dim)
+    return Simulation(returns, final)

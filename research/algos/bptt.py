@@ -33,7 +33,7 @@ from torch import Tensor
 
 from research import harness
 from research.config import ConfigError, RunConfig
-from research.envs import PendulumEnv, PendulumParams, observation
+from research.envs import PendulumEnv, PendulumParams
 from research.harness import RunContext, Writer, make_scheduler, redraw_finished, staggered_start
 from research.policies import SquashedMLP, make_actor, make_policy
 from research.rollout import RolloutState, fused_rollout, initial_state
@@ -83,6 +83,9 @@ class BPTTConfig(RunConfig):
         if self.env.backend != "simulator":
             raise ConfigError(f"env.backend must be 'simulator' for BPTT (it differentiates through our simulator), "
                               f"got {self.env.backend!r}")
+        if self.rollout == "env" and self.env.system != "pendulum":
+            raise ConfigError(f"rollout='env' runs the pendulum's TorchRL environment: env.system must be 'pendulum', "
+                              f"got {self.env.system!r} (use rollout='fused')")
         if self.rollout == "env" and (self.window or self.compile):
             raise ConfigError("rollout='env' supports full-horizon BPTT without compile (window=0, compile=false)")
         if self.window and self.compile:
@@ -104,19 +107,18 @@ def horizon_loss(rewards: Tensor, discount: float) -> Tensor:
     return -(rewards * discount_weights(rewards.shape[-1], discount, rewards)).sum(-1).mean()
 
 
-def env_rollout_rewards(env: PendulumEnv, policy: SquashedMLP, th: Tensor, thdot: Tensor, params: PendulumParams,
+def env_rollout_rewards(env: PendulumEnv, policy: SquashedMLP, state: Tensor, params: PendulumParams,
                         horizon: int) -> Tensor:
-    """Rewards ``[B, H]`` of ``policy`` through TorchRL's ``env.rollout`` from the given start states."""
-    batch = th.shape
+    """Rewards ``[B, H]`` of ``policy`` through TorchRL's ``env.rollout`` from the given start states ``[B, 2]``."""
+    batch = state.shape[:-1]
     td = TensorDict(
         {
-            "th": th,
-            "thdot": thdot,
-            "observation": observation(th, thdot),
+            **dict(zip(env.system.state_names, state.unbind(-1), strict=True)),
+            "observation": env.system.observe(state),
             "params": TensorDict(params._asdict(), batch_size=batch),
         },
         batch_size=batch,
-        device=th.device,
+        device=state.device,
     )
     rollout = env.rollout(horizon, make_actor(policy), tensordict=td, auto_reset=False)
     return rollout["next", "reward"].squeeze(-1)
@@ -129,38 +131,39 @@ class BPTT:
         self.config, self.run = config, run
         self.iterations = config.iterations
         self.horizon, self.discount, self.full_horizon = config.horizon, config.discount, not config.window
-        self.physics = run.physics
-        self.policy = make_policy(config.hidden_sizes, config.activation, self.physics.max_torque, device=run.device,
-                                  dtype=run.dtype)
+        self.system = run.system
+        self.policy = make_policy(config.hidden_sizes, config.activation, self.system.max_action, device=run.device,
+                                  dtype=run.dtype, obs_dim=self.system.obs_dim, act_dim=self.system.action_dim)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.scheduler = make_scheduler(self.optimizer, config.lr_schedule, config.iterations,
                                         config.lr_final_fraction)
         self.guard = run.guard("BPTT update")
-        self.env = (PendulumEnv(device=run.device, dtype=run.dtype, seed=config.seed, physics=self.physics)
+        self.env = (PendulumEnv(device=run.device, dtype=run.dtype, seed=config.seed, physics=self.system)
                     if config.rollout == "env" else None)
         self.batch = (config.num_envs,)
-        self.params = self.physics.params(self.batch, run.generator, run.device, run.dtype)
-        self.carried = (staggered_start(config.num_envs, config.env.episode_length, self.physics, run.generator,
+        self.params = self.system.params(self.batch, run.generator, run.device, run.dtype)
+        self.carried = (staggered_start(config.num_envs, config.env.episode_length, self.system, run.generator,
                                         run.device, run.dtype, self.params) if config.window else None)
 
     def rollout_rewards(self) -> Tensor:
         """Rewards ``[B, H]`` (or ``[B, K]`` in truncated mode) of one differentiable rollout of the policy."""
         config, run = self.config, self.run
-        features = self.physics.features
+        features = self.system.features
         if not self.full_horizon:
             rollout = fused_rollout(self.policy, self.carried, self.params, config.window,
                                     episode_length=config.env.episode_length, generator=run.generator,
-                                    features=features, keep_trajectory=bool(self.physics.ranges))
+                                    system=self.system, features=features,
+                                    keep_trajectory=bool(self.system.ranges))
             self.carried = RolloutState(*(t.detach() for t in rollout.state))
-            if self.physics.ranges:
-                self.params = redraw_finished(self.params, self.physics, rollout.truncated.any(-1), run.generator)
+            if self.system.ranges:
+                self.params = redraw_finished(self.params, self.system, rollout.truncated.any(-1), run.generator)
             return rollout.rewards
-        if self.physics.ranges:
-            self.params = self.physics.params(self.batch, run.generator, run.device, run.dtype)
-        th, thdot = self.physics.initial_state(self.batch, run.generator, run.device, run.dtype, params=self.params)
+        if self.system.ranges:
+            self.params = self.system.params(self.batch, run.generator, run.device, run.dtype)
+        state = self.system.initial_state(self.batch, run.generator, run.device, run.dtype, params=self.params)
         if self.env is not None:
-            return env_rollout_rewards(self.env, self.policy, th, thdot, self.params, config.horizon)
-        return fused_rollout(self.policy, initial_state(th, thdot), self.params, self.horizon,
+            return env_rollout_rewards(self.env, self.policy, state, self.params, config.horizon)
+        return fused_rollout(self.policy, initial_state(state), self.params, self.horizon, system=self.system,
                              compile=config.compile, features=features, generator=run.generator).rewards
 
     def step(self, iteration: int) -> dict[str, Tensor | float]:

@@ -76,7 +76,7 @@ class BPTTFinetune(BPTT):
         stage, run = self.config.finetune, self.run
         self.horizon, self.discount, self.full_horizon = stage.horizon, stage.discount, True
         self.batch = (stage.num_envs,)
-        self.params = self.physics.params(self.batch, run.generator, run.device, run.dtype)
+        self.params = self.system.params(self.batch, run.generator, run.device, run.dtype)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=stage.lr)
         self.scheduler = make_scheduler(self.optimizer, "cosine", stage.iterations, 0.0)
 

@@ -174,7 +174,7 @@ class DDPG(OffPolicy):
 
     def __init__(self, config: DDPGConfig, run: RunContext) -> None:
         super().__init__(config, run)
-        self.losses = DDPGLosses(self.policy, make_critic(config, run.device, run.dtype).module, config.gamma)
+        self.losses = DDPGLosses(self.policy, make_critic(config, run.device, run.dtype, run.system.obs_dim, run.system.action_dim).module, config.gamma)
         actor_params = list(self.policy.parameters())
         critic_params = list(self.losses.critic.parameters())
         self.actor_optimizer = make_adam(actor_params, config.actor_lr, run.device)
@@ -182,7 +182,7 @@ class DDPG(OffPolicy):
         self.parameters = actor_params + critic_params
         self.guard = run.guard("DDPG update")
         self.start(TensorDictSequential(make_actor(self.policy), make_exploration(config, self.env, run.device)),
-                   gaussian_explore(self.policy, config, self.run.physics.max_torque))
+                   gaussian_explore(self.policy, config, self.run.system.max_action))
 
     def update(self, sample: TensorDictBase) -> torch.Tensor:
         stats = update(self.losses, sample, self.actor_optimizer, self.critic_optimizer, self.guard, self.parameters)

@@ -28,11 +28,11 @@ from torchrl.modules import MLP, ValueOperator
 
 from research.collect import Explore, SimulatorCollector
 from research.config import ConfigError, EvalConfig, RunConfig
-from research.envs import PendulumEnv
-from research.envs.presets import Physics
+from research.envs.system_env import make_env
 from research.harness import DTYPES, RunContext
 from research.linear import accelerate
 from research.policies import ACTIVATIONS, Activation, make_policy
+from research.systems import System
 
 #: Keys a transition keeps in the replay buffer (all the losses read); identical for both backends.
 TRANSITION_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward"), ("next", "done"),
@@ -107,8 +107,8 @@ class OffPolicyConfig(RunConfig):
         return round(self.frames_per_batch * self.updates_per_env_step)
 
 
-def make_environment(config: OffPolicyConfig, device: torch.device, physics: Physics | None = None) -> EnvBase:
-    """The training env: ``num_envs`` pendulums of ``physics`` (default: the config's), truncated at
+def make_environment(config: OffPolicyConfig, device: torch.device, physics: System | None = None) -> EnvBase:
+    """The training env: ``num_envs`` copies of the system ``physics`` (default: the config's), truncated at
     ``env.episode_length`` steps, tracking returns."""
     if physics is None:
         physics = config.env.to_physics()
@@ -118,17 +118,18 @@ def make_environment(config: OffPolicyConfig, device: torch.device, physics: Phy
         base = GymEnv("Pendulum-v1", device=device, max_episode_steps=config.env.episode_length)
         base.set_seed(config.seed)
     else:
-        base = PendulumEnv(device=device, dtype=DTYPES[config.dtype], seed=config.seed,
-                           batch_size=[config.num_envs], physics=physics, validate=False)
+        base = make_env(physics, device=device, dtype=DTYPES[config.dtype], seed=config.seed,
+                        batch_size=[config.num_envs], validate=False)
     # InitTracker feeds the OU noise's reset flag; RewardSum gives the episodic return for the logs.
     return TransformedEnv(base, Compose(StepCounter(max_steps=config.env.episode_length), InitTracker(),
                                         RewardSum()))
 
 
-def make_critic(config: OffPolicyConfig, device: torch.device, dtype: torch.dtype) -> ValueOperator:
-    """``Q(observation [..., 3], action [..., 1]) -> state_action_value [..., 1]``: an MLP on their concatenation
-    (its layers :class:`research.linear.FastLinear`)."""
-    net = accelerate(MLP(in_features=4, out_features=1, num_cells=config.critic_hidden_sizes,
+def make_critic(config: OffPolicyConfig, device: torch.device, dtype: torch.dtype, obs_dim: int = 3,
+                act_dim: int = 1) -> ValueOperator:
+    """``Q(observation [..., obs_dim], action [..., act_dim]) -> state_action_value [..., 1]``: an MLP on their
+    concatenation (its layers :class:`research.linear.FastLinear`)."""
+    net = accelerate(MLP(in_features=obs_dim + act_dim, out_features=1, num_cells=config.critic_hidden_sizes,
                          activation_class=ACTIVATIONS[config.activation]))
     return ValueOperator(net, in_keys=["observation", "action"]).to(device=device, dtype=dtype)
 
@@ -158,9 +159,9 @@ class OffPolicy:
 
     def __init__(self, config: OffPolicyConfig, run: RunContext) -> None:
         self.config, self.run = config, run
-        self.env = make_environment(config, run.device, run.physics)
-        self.policy = make_policy(config.hidden_sizes, config.activation, run.physics.max_torque, device=run.device,
-                                  dtype=run.dtype)
+        self.env = make_environment(config, run.device, run.system)
+        self.policy = make_policy(config.hidden_sizes, config.activation, run.system.max_action, device=run.device,
+                                  dtype=run.dtype, obs_dim=run.system.obs_dim, act_dim=run.system.action_dim)
         self.iterations = config.total_env_steps // config.frames_per_batch
         self.updates = 0
 
@@ -174,7 +175,7 @@ class OffPolicy:
         config, device = self.config, self.run.device
         if explore is not None and config.env.backend == "simulator":
             self.collector = SimulatorCollector(
-                self.run.physics, explore, num_envs=config.num_envs, frames_per_batch=config.frames_per_batch,
+                self.run.system, explore, num_envs=config.num_envs, frames_per_batch=config.frames_per_batch,
                 total_frames=config.total_env_steps, warmup_frames=config.warmup_env_steps,
                 episode_length=config.env.episode_length, seed=config.seed, device=device, dtype=self.run.dtype)
         else:

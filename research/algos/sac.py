@@ -93,7 +93,7 @@ class SAC(OffPolicy):
                                    distribution_kwargs={"low": -max_torque, "high": max_torque},
                                    spec=self.env.action_spec_unbatched.to(run.device))
         self.actor = actor
-        self.loss_module = SACLoss(actor, make_critic(config, run.device, run.dtype), num_qvalue_nets=2,
+        self.loss_module = SACLoss(actor, make_critic(config, run.device, run.dtype, run.system.obs_dim, run.system.action_dim), num_qvalue_nets=2,
                                    loss_function="l2", alpha_init=config.alpha_init,
                                    target_entropy=config.target_entropy,
                                    deactivate_vmap=True)  # a loop over the twin critics runs them on oneDNN

@@ -132,11 +132,11 @@ class SHACConfig(RunConfig):
         return self.num_envs * self.window
 
 
-def make_critic(config: SHACConfig, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """The value network ``observation [..., 3] -> value [..., 1]``."""
+def make_critic(config: SHACConfig, device: torch.device, dtype: torch.dtype, obs_dim: int = 3) -> nn.Module:
+    """The value network ``observation [..., obs_dim] -> value [..., 1]``."""
     sizes = list(config.critic_hidden_sizes)
     norm = {"norm_class": nn.LayerNorm, "norm_kwargs": [{"normalized_shape": h} for h in sizes]}
-    net = MLP(in_features=3, out_features=1, num_cells=sizes, activation_class=ACTIVATIONS[config.critic_activation],
+    net = MLP(in_features=obs_dim, out_features=1, num_cells=sizes, activation_class=ACTIVATIONS[config.critic_activation],
               **(norm if config.critic_layer_norm else {}))
     return accelerate(net).to(device=device, dtype=dtype)
 
@@ -227,15 +227,15 @@ def train_critic(critic: nn.Module, optimizer: torch.optim.Optimizer, observatio
 
 
 class SHAC:
-    """SHAC's state (policy, critic and its target, optimizers, carried pendulums) and its step."""
+    """SHAC's state (policy, critic and its target, optimizers, carried systems) and its step."""
 
     def __init__(self, config: SHACConfig, run: RunContext) -> None:
         self.config, self.run = config, run
         self.iterations = config.iterations
-        self.physics = run.physics
-        self.policy = make_policy(config.hidden_sizes, config.activation, self.physics.max_torque, device=run.device,
-                                  dtype=run.dtype)
-        self.critic = make_critic(config, run.device, run.dtype)
+        self.system = run.system
+        self.policy = make_policy(config.hidden_sizes, config.activation, self.system.max_action, device=run.device,
+                                  dtype=run.dtype, obs_dim=self.system.obs_dim, act_dim=self.system.action_dim)
+        self.critic = make_critic(config, run.device, run.dtype, self.system.obs_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         betas = tuple(config.betas)
         self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, betas=betas, fused=True)
@@ -245,8 +245,8 @@ class SHAC:
                            for opt in (self.actor_optimizer, self.critic_optimizer)]
         self.actor_guard = run.guard("SHAC actor update")
         self.critic_guard = run.guard("SHAC critic update")
-        self.params = self.physics.params((config.num_envs,), run.generator, run.device, run.dtype)
-        self.carried = staggered_start(config.num_envs, config.env.episode_length, self.physics, run.generator,
+        self.params = self.system.params((config.num_envs,), run.generator, run.device, run.dtype)
+        self.carried = staggered_start(config.num_envs, config.env.episode_length, self.system, run.generator,
                                        run.device, run.dtype, self.params)
         self.episode_return = torch.zeros(config.num_envs, device=run.device, dtype=run.dtype)
         self.behaviour = noisy_policy(self.policy, config.action_noise, run.generator)
@@ -255,9 +255,9 @@ class SHAC:
         config = self.config
         rollout: Rollout = fused_rollout(self.behaviour, self.carried, self.params, config.window,
                                          episode_length=config.env.episode_length, generator=self.run.generator,
-                                         keep_trajectory=True, features=self.physics.features)
+                                         keep_trajectory=True, system=self.system)
         self.carried = RolloutState(*(t.detach() for t in rollout.state))
-        self.params = redraw_finished(self.params, self.physics, rollout.truncated.any(-1), self.run.generator)
+        self.params = redraw_finished(self.params, self.system, rollout.truncated.any(-1), self.run.generator)
         self.run.budget.add_steps(rollout.rewards.numel())
         next_values = self.target_critic(rollout.next_observations).squeeze(-1)
 
@@ -274,7 +274,7 @@ class SHAC:
         next_values = next_values.detach()
         targets = critic_targets(scaled_rewards.detach(), next_values, rollout.truncated, config.discount,
                                  config.td_lambda)
-        critic_loss = train_critic(self.critic, self.critic_optimizer, rollout.observations.detach().reshape(-1, 3),
+        critic_loss = train_critic(self.critic, self.critic_optimizer, rollout.observations.detach().flatten(0, -2),
                                    targets.reshape(-1), config, self.critic_guard, self.run.generator)
         polyak_update(self.target_critic, self.critic, config.target_alpha)
         lr = self.actor_optimizer.param_groups[0]["lr"]

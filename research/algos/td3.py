@@ -56,7 +56,7 @@ class TD3(OffPolicy):
         super().__init__(config, run)
         actor = make_actor(self.policy)
         max_torque = self.policy.max_torque
-        self.loss_module = TD3Loss(actor, make_critic(config, run.device, run.dtype), num_qvalue_nets=2,
+        self.loss_module = TD3Loss(actor, make_critic(config, run.device, run.dtype, run.system.obs_dim, run.system.action_dim), num_qvalue_nets=2,
                                    bounds=(-max_torque, max_torque), loss_function="l2",
                                    policy_noise=config.target_policy_noise * max_torque,
                                    noise_clip=config.target_noise_clip * max_torque,
@@ -71,7 +71,7 @@ class TD3(OffPolicy):
         self.actor_guard = run.guard("TD3 actor update")
         self.critic_updates = 0
         self.start(TensorDictSequential(actor, make_exploration(config, self.env, run.device)),
-                   gaussian_explore(self.policy, config, self.run.physics.max_torque))
+                   gaussian_explore(self.policy, config, self.run.system.max_action))
 
     def update(self, sample: TensorDictBase) -> torch.Tensor:
         critic_loss, info = self.loss_module.value_loss(sample)
