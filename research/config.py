@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from research.envs.physics import DEFAULT_PARAMS
-from research.envs.presets import PRESETS, Physics, get_physics
 from research.evaluation import EVAL_EPISODES, EVAL_NOISE_SEED, EVAL_PARAMS_SEED, EVAL_SEED
 from research.policies import Activation
+from research.systems import SYSTEMS, System, get_system
+from research.systems.pendulum import PRESETS
 
 T = TypeVar("T")
 
@@ -55,29 +55,39 @@ class EnvConfig:
     """Which simulator a method trains on, and how."""
 
     backend: Literal["simulator", "gymnasium"] = "simulator"
-    """'simulator': our batched PendulumEnv; 'gymnasium': torchrl's GymEnv('Pendulum-v1') (DDPG only)."""
-    episode_length: int = 200
-    """Steps after which an episode is truncated (Gymnasium's time limit is 200)."""
+    """'simulator': our batched simulator; 'gymnasium': torchrl's GymEnv('Pendulum-v1') (DDPG only)."""
+    episode_length: int = 0
+    """Steps after which an episode is truncated (0: the system's evaluation horizon, 200 for the pendulum as in
+    Gymnasium's time limit)."""
+    system: str = "pendulum"
+    """The system to control, a name of research.systems.SYSTEMS: pendulum, cartpole, acrobot."""
     physics: str = "default"
-    """Physics variant, a preset of research.envs.presets.PRESETS: default, weak, damped, coulomb, coulomb_smooth,
-    wall, wall_soft, noisy, randomized."""
+    """Physics variant, a preset of the system (the pendulum's: default, weak, damped, coulomb, coulomb_smooth,
+    wall, wall_soft, noisy, randomized)."""
     params: dict[str, float] = field(default_factory=dict)
-    """Per-field overrides of the preset, e.g. {wall_restitution = 0.9} (any name of DEFAULT_PARAMS)."""
+    """Per-field overrides of the preset, e.g. {wall_restitution = 0.9} (any parameter of the system)."""
     param_ranges: dict[str, list[float]] = field(default_factory=dict)
     """Domain randomisation for training: {name: [low, high]} drawn per episode, merged over the preset's ranges
-    (any name of DEFAULT_PARAMS: g, m, l, dt, max_speed, max_torque and the knobs)."""
+    (any parameter of the system, e.g. the pendulum's g, m, l, dt, max_speed, max_torque and its knobs)."""
 
     def __post_init__(self) -> None:
-        if self.episode_length <= 0:
-            raise ConfigError(f"env.episode_length must be > 0, got {self.episode_length}")
-        if self.physics not in PRESETS:
-            raise ConfigError(f"env.physics must be one of {list(PRESETS)}, got {self.physics!r}")
-        for table, names in (("params", self.params), ("param_ranges", self.param_ranges)):
-            for name in names:
-                if name not in DEFAULT_PARAMS:
+        if self.system not in SYSTEMS:
+            raise ConfigError(f"env.system must be one of {list(SYSTEMS)}, got {self.system!r}")
+        cls = SYSTEMS[self.system]
+        if self.episode_length < 0:
+            raise ConfigError(f"env.episode_length must be > 0 (or 0: the system's horizon), got {self.episode_length}")
+        if self.episode_length == 0:
+            self.episode_length = cls.horizon
+        if self.physics not in cls.PRESETS:
+            raise ConfigError(f"env.physics must be one of {list(cls.PRESETS)} (the {self.system}'s presets), got "
+                              f"{self.physics!r}")
+        names = list(cls.param_names())
+        for table, values in (("params", self.params), ("param_ranges", self.param_ranges)):
+            for name in values:
+                if name not in names:
                     raise ConfigError(
-                        f"env.{table}.{name}: unknown physical parameter {name!r}; expected one of "
-                        f"{list(DEFAULT_PARAMS)}"
+                        f"env.{table}.{name}: unknown physical parameter {name!r} of the {self.system}; expected one "
+                        f"of {names}"
                     )
         for name, bounds in self.param_ranges.items():
             if len(bounds) != 2 or bounds[0] > bounds[1]:
@@ -89,27 +99,30 @@ class EnvConfig:
             self._check_physics(f"env.params.{name}", overrides={name: value})
         for name, bounds in self.param_ranges.items():
             self._check_physics(f"env.param_ranges.{name}", ranges={name: bounds})
-        if self.backend == "gymnasium" and (self.physics != "default" or self.params):
+        if self.backend == "gymnasium" and (self.system != "pendulum" or self.physics != "default" or self.params):
             raise ConfigError(
-                "env.backend='gymnasium' runs Gymnasium's own physics: env.physics must be 'default' and env.params "
-                f"empty, got physics {self.physics!r} and params {self.params}"
+                "env.backend='gymnasium' runs Gymnasium's own Pendulum-v1: env.system must be 'pendulum', env.physics "
+                f"'default' and env.params empty, got {self.system!r}, {self.physics!r} and {self.params}"
             )
         self.to_physics()
 
     def _check_physics(self, key: str, **changes: Any) -> None:
         """Raises :class:`ConfigError` naming ``key`` when the preset with ``changes`` is not valid physics."""
         try:
-            get_physics(self.physics, **changes)
+            get_system(self.system, self.physics, **changes)
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
 
-    def to_physics(self) -> Physics:
-        """The training physics: the preset ``physics`` with ``params`` fixed and ``param_ranges`` drawn."""
+    def to_physics(self) -> System:
+        """The training system: the preset ``physics`` of ``system`` with ``params`` fixed and ``param_ranges``
+        drawn."""
         ranges = {name: (float(b[0]), float(b[1])) for name, b in self.param_ranges.items()}
         try:
-            return get_physics(self.physics, overrides=self.params, ranges=ranges)
+            return get_system(self.system, self.physics, overrides=self.params, ranges=ranges)
         except ValueError as err:
             raise ConfigError(f"env.physics: {err}") from None
+
+    to_system = to_physics
 
 
 @dataclass
@@ -123,7 +136,7 @@ class EvalConfig:
     seed: int = EVAL_SEED
     """Seed of the fixed evaluation states; disjoint from training seeds."""
     physics: str = ""
-    """Physics to score on, a preset name; empty: the run's training physics (env.physics with env.params; the
+    """Physics to score on, a preset name of the training system; empty: the run's training physics (env.physics with env.params; the
     extra env.param_ranges of training are not drawn at evaluation)."""
     noise_seed: int = EVAL_NOISE_SEED
     """Seed of the fixed torque noise at evaluation (physics with torque_noise > 0); disjoint from training seeds."""
@@ -135,20 +148,23 @@ class EvalConfig:
             raise ConfigError(f"eval.interval_env_steps must be > 0, got {self.interval_env_steps}")
         if self.episodes <= 0:
             raise ConfigError(f"eval.episodes must be > 0, got {self.episodes}")
-        if self.physics and self.physics not in PRESETS:
-            raise ConfigError(f"eval.physics must be '' (the training physics) or one of {list(PRESETS)}, "
-                              f"got {self.physics!r}")
+        if self.physics and not any(self.physics in cls.PRESETS for cls in SYSTEMS.values()):
+            raise ConfigError(f"eval.physics must be '' (the training physics) or a preset of the system, e.g. one "
+                              f"of {list(PRESETS)}, got {self.physics!r}")
         seeds = {"seed": self.seed, "noise_seed": self.noise_seed, "params_seed": self.params_seed}
         if len(set(seeds.values())) < len(seeds):
             raise ConfigError(f"eval.seed, eval.noise_seed and eval.params_seed must differ (separate streams), "
                               f"got {seeds}")
 
-    def to_physics(self, env: EnvConfig) -> Physics:
+    def to_physics(self, env: EnvConfig) -> System:
         """The physics the evaluator scores on: the preset ``physics``, or else the training preset with
         ``env.params`` (and the preset's own ranges, drawn from ``params_seed``), without ``env.param_ranges``."""
-        if self.physics:
-            return get_physics(self.physics)
-        return get_physics(env.physics, overrides=env.params)
+        try:
+            if self.physics:
+                return get_system(env.system, self.physics)
+            return get_system(env.system, env.physics, overrides=env.params)
+        except ValueError as err:
+            raise ConfigError(f"eval.physics: {err}") from None
 
 
 def check_device(name: str) -> None:
@@ -355,9 +371,18 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+#: Fields added after runs were recorded, left out of :func:`config_hash` while they hold the value every earlier run
+#: had implicitly, so that adding them does not make earlier runs look changed: ``(table, key): value``.
+HASH_NEUTRAL: dict[tuple[str, str], Any] = {("env", "system"): "pendulum"}
+
+
 def config_hash(config: Any) -> str:
     """A short stable hash of a resolved config (used to tell whether a finished run can be reused)."""
-    blob = json.dumps(to_dict(config), sort_keys=True, default=str).encode()
+    data = to_dict(config)
+    for (table, key), value in HASH_NEUTRAL.items():
+        if isinstance(data.get(table), dict) and data[table].get(key) == value:
+            data[table] = {k: v for k, v in data[table].items() if k != key}
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
