@@ -1,15 +1,30 @@
 """Runs an experiment file: every (algorithm, seed) as its own process, resumable, locally or on Ray.
 
     python -m research.experiment experiments/pendulum_compare.toml --jobs 2 --backend local --device cpu
+    python -m research.experiment experiments/smoke.toml --set bptt.lr=1e-3 --set max_wall_time_s=60
 
 The ``[experiment]`` table names the seeds and algorithms (default: every algorithm table in the file); each run
 writes ``<results>/<experiment>/<algo>/seed_<k>/`` (see :mod:`research.runs`). With ``physics = [...]`` (preset
 names) every algorithm and seed also runs on every preset, into ``<results>/<experiment>/<physics>/<algo>/seed_<k>/``. Resume rules, checked for every run
-before anything starts:
+before anything starts (nothing is ever deleted: a run that is replaced is moved aside, into
+``<results>/<experiment>/superseded/``, which the scripts never read):
 
 - ``summary.json`` present with the same ``config_hash`` as the resolved config: finished, skipped;
-- ``summary.json`` present with another hash: the config changed, the run is deleted and run again (logged);
-- a directory without ``summary.json`` (a run killed midway): deleted and run again from scratch.
+- ``summary.json`` present with another hash: the config changed; the finished run is moved to
+  ``superseded/<its config hash>/<run path>`` (``<run path>`` is ``[<physics>/]<algo>/seed_<k>``) and run again
+  (logged); when ``superseded/<the new hash>/<run path>`` holds a run finished under the new config (the config was
+  changed back), that run is moved back instead of training again;
+- a directory without ``summary.json`` (a run killed midway, or one that failed and holds ``failure.json``): moved
+  to ``superseded/unfinished-<time>/<run path>`` (or ``failed-<time>``) and run again from scratch.
+
+``--set key=value`` (repeatable) changes the resolved config of the runs, as ``python -m research.train --set``
+does: ``--set bptt.lr=1e-3`` the runs of ``[bptt]``, ``--set max_wall_time_s=60`` every algorithm's runs,
+``--set experiment.seeds=[0,1,2]`` the ``[experiment]`` table. An override is part of each run's config (and of its
+hash): the runs it changes are moved aside as above, and running again without it brings them back.
+
+A run whose process fails (an exception, a signal such as the out-of-memory killer's SIGKILL, a process that cannot
+start) is recorded as failed with its reason (``ExperimentOutcome.failed``, the log, ``failure.json`` in its
+directory and the ``invocations`` of ``experiment.json``); the other runs go on, and the next invocation retries it.
 
 Runs execute in a process pool (``backend="local"``, spawned processes, one run per process) or as Ray tasks
 (``backend="ray"``: the cluster at ``RAY_ADDRESS``, else a local one). Ray tasks train in a scratch directory on
@@ -29,7 +44,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -47,13 +61,25 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from research.algos import ALGOS
-from research.config import ConfigError, ExperimentConfig, config_hash, from_dict, load_toml
+from research.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    check_output_dir,
+    config_hash,
+    from_dict,
+    load_toml,
+    parse_override,
+)
 from research.rundir import (
+    FAILURE,
     MANIFEST,
     RUN_DIR_PATTERNS,
     SUMMARY,
+    SUPERSEDED,
     atomic_write_bytes,
     atomic_write_json,
+    is_superseded,
     run_dir,
 )
 from research.train import resolve_config, train
@@ -91,6 +117,7 @@ class ExperimentPlan:
     settings: ExperimentConfig
     directory: Path
     runs: list[PlannedRun]
+    overrides: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -108,8 +135,29 @@ class ExperimentOutcome:
 
 
 # ---------------------------------------------------------------------------------------------------- planning
-def load_experiment(path: str | Path, results: str | Path = "results", device: str | None = None) -> ExperimentPlan:
-    """Resolves an experiment file into its runs; ``device`` (e.g. ``"cpu"``) overrides every run's device.
+def _split_overrides(data: dict[str, Any], overrides: Sequence[str]) -> tuple[dict[str, Any], dict[str, list[str]],
+                                                                               list[str]]:
+    """``--set`` overrides of an experiment: ``(data with experiment.* set, {algo: its own}, every algorithm's)``."""
+    per_algo: dict[str, list[str]] = {}
+    common = []
+    for text in overrides:
+        keys, _ = parse_override(text)
+        if keys[0] == "experiment":
+            data = apply_overrides(data, [text])
+        elif keys[0] in ALGOS:
+            if len(keys) < 2:
+                raise ConfigError(f"--set {text!r}: name a field of [{keys[0]}], e.g. {keys[0]}.seed=1")
+            per_algo.setdefault(keys[0], []).append(".".join(keys[1:]) + "=" + text.split("=", 1)[1])
+        else:
+            common.append(text)
+    return data, per_algo, common
+
+
+def load_experiment(path: str | Path, results: str | Path = "results", device: str | None = None,
+                    overrides: Sequence[str] = ()) -> ExperimentPlan:
+    """Resolves an experiment file into its runs; ``device`` (e.g. ``"cpu"``) overrides every run's device, and
+    ``overrides`` (``key=value``, as ``--set``: ``bptt.lr=1e-3``, ``max_wall_time_s=60``, ``experiment.seeds=[0]``)
+    the file's values.
 
     Raises :class:`ConfigError` for a missing file (listing the experiments that exist), an unknown table or
     algorithm (listing the valid ones), no algorithm at all, or an invalid config value.
@@ -122,6 +170,7 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
     for key in data:
         if key not in ALGOS and key != "experiment":
             raise ConfigError(f"{path}: unknown table [{key}]; expected [experiment] or one of {list(ALGOS)}")
+    data, per_algo, common = _split_overrides(data, overrides)
     settings = from_dict(ExperimentConfig, data.get("experiment", {}), prefix="experiment.")
     algos = settings.algos or [key for key in data if key in ALGOS]
     for algo in algos:
@@ -131,7 +180,11 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
         raise ConfigError(f"{path}: no algorithm to run; add a table such as [bptt] or list experiment.algos")
     if not settings.seeds or len(set(settings.seeds)) != len(settings.seeds):
         raise ConfigError(f"{path}: experiment.seeds must be a non-empty list of distinct seeds, got {settings.seeds}")
-    overrides = [f"device={json.dumps(device)}"] if device else []
+    unused = sorted(set(per_algo) - set(algos))
+    if unused:
+        raise ConfigError(f"--set {unused[0]}.*: the experiment runs no {unused[0]!r}; it runs {algos}")
+    given = list(overrides)
+    overrides = ([f"device={json.dumps(device)}"] if device else []) + common
     runs = []
     for physics in settings.physics or [None]:
         for algo in algos:
@@ -142,24 +195,70 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
             extra = [f"env.physics={json.dumps(physics)}"] if physics else []
             for seed in settings.seeds:
                 try:
-                    config = resolve_config(algo, table, seed, overrides + extra)
+                    config = resolve_config(algo, table, seed, overrides + per_algo.get(algo, []) + extra)
                 except ImportError as err:
                     raise ConfigError(f"algorithm {algo!r} is registered but cannot be imported: {err}") from None
                 runs.append(PlannedRun(algo, seed, config, run_dir(results, path.stem, algo, seed, physics),
                                        config_hash(config), physics))
-    return ExperimentPlan(path.stem, path, settings, Path(results) / path.stem, runs)
+    return ExperimentPlan(path.stem, path, settings, Path(results) / path.stem, runs, given)
 
 
-def run_status(run: PlannedRun) -> Literal["done", "changed", "incomplete", "new"]:
-    """``done``: finished with this config; ``changed``: finished with another; ``incomplete``: started, unfinished."""
-    summary_path = run.run_dir / SUMMARY
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return "incomplete"
-        return "done" if summary.get("config_hash") == run.config_hash else "changed"
+def _finished_hash(directory: Path) -> str | None:
+    """The ``config_hash`` of the finished run in ``directory`` (``""`` when its summary has none), else ``None``."""
+    try:
+        return str(json.loads((directory / SUMMARY).read_text()).get("config_hash", ""))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def run_status(run: PlannedRun) -> Literal["done", "changed", "failed", "incomplete", "new"]:
+    """``done``: finished with this config; ``changed``: finished with another; ``failed``: the last try failed (its
+    ``failure.json`` says why); ``incomplete``: started, unfinished (killed midway)."""
+    finished = _finished_hash(run.run_dir)
+    if finished is not None:
+        return "done" if finished == run.config_hash else "changed"
+    if (run.run_dir / FAILURE).is_file():
+        return "failed"
     return "incomplete" if run.run_dir.exists() else "new"
+
+
+def failure_reason(run: PlannedRun) -> str:
+    """The first line of the reason in the run's ``failure.json`` (``""`` when there is none)."""
+    try:
+        return str(json.loads((run.run_dir / FAILURE).read_text()).get("reason", "")).strip().split("\n")[0]
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return ""
+
+
+def move_aside(run: PlannedRun, directory: Path, status: str) -> Path:
+    """Moves the run directory of ``run`` into ``<directory>/superseded/`` (the layout of the module docstring),
+    never over another; returns where it went."""
+    if status == "changed":
+        name = _finished_hash(run.run_dir) or "unknown"
+    else:
+        name = f"{'failed' if status == 'failed' else 'unfinished'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    relative = run.run_dir.relative_to(directory)
+    target, n = directory / SUPERSEDED / name / relative, 1
+    while target.exists():
+        n += 1
+        target = directory / SUPERSEDED / f"{name}.{n}" / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    run.run_dir.rename(target)
+    return target
+
+
+def restore_superseded(run: PlannedRun, directory: Path) -> Path | None:
+    """Moves back a run finished under this very config that an earlier change moved aside; returns where it was."""
+    source = directory / SUPERSEDED / run.config_hash / run.run_dir.relative_to(directory)
+    if run.run_dir.exists() or _finished_hash(source) != run.config_hash:
+        return None
+    run.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(run.run_dir)
+    for parent in source.parents:  # the folders it leaves empty, up to superseded/
+        if parent == directory / SUPERSEDED or any(parent.iterdir()):
+            break
+        parent.rmdir()
+    return source
 
 
 def write_manifest(plan: ExperimentPlan, invocation: dict | None = None) -> None:
@@ -182,6 +281,7 @@ def write_manifest(plan: ExperimentPlan, invocation: dict | None = None) -> None
     atomic_write_json(plan.directory / MANIFEST, {
         "experiment": plan.name,
         "source": str(plan.path),
+        **({"overrides": plan.overrides} if plan.overrides else {}),
         "description": plan.settings.description,
         "seeds": plan.settings.seeds,
         "algos": list(dict.fromkeys(run.algo for run in plan.runs)),
@@ -194,7 +294,7 @@ def write_manifest(plan: ExperimentPlan, invocation: dict | None = None) -> None
 def _unplanned_run_dirs(plan: ExperimentPlan) -> list[str]:
     planned = {run.run_dir.resolve() for run in plan.runs}
     found = (p for pattern in RUN_DIR_PATTERNS for p in plan.directory.glob(pattern)
-             if p.is_dir() and p.resolve() not in planned)
+             if p.is_dir() and p.resolve() not in planned and not is_superseded(p, plan.directory))
     return sorted(str(p.relative_to(plan.directory)) for p in found)
 
 
@@ -252,8 +352,24 @@ def _run_child(run: PlannedRun, experiment: str, threads: int, results: Connecti
         results.close()
 
 
+def exit_reason(exitcode: int | None) -> str:
+    """Why a run's process ended without sending its result, from its exit code (``-N``: killed by signal ``N``)."""
+    if exitcode is None:
+        return "its process sent nothing and did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = (" (the kernel's out-of-memory killer sends it when memory runs out; so can a person or a job "
+                "scheduler)" if -exitcode == signal.SIGKILL else "")
+        return f"its process was killed by {name}{hint}"
+    return f"its process exited with code {exitcode} without sending a result"
+
+
 def _execute_local(runs: list[PlannedRun], experiment: str, jobs: int, threads: int, on_done: OnDone) -> None:
-    # A fresh process per run: no state (RNG, compile caches, thread pools) leaks from one run to the next.
+    # A fresh process per run: no state (RNG, compile caches, thread pools) leaks from one run to the next. A run
+    # whose process cannot start or dies fails alone (a dead fork server is started again for the next run).
     context = process_context(runs)
     waiting = list(runs)
     running: dict[Connection, tuple[PlannedRun, BaseProcess]] = {}
@@ -263,21 +379,32 @@ def _execute_local(runs: list[PlannedRun], experiment: str, jobs: int, threads: 
                 run = waiting.pop(0)
                 receive, send = context.Pipe(duplex=False)
                 process = context.Process(target=_run_child, args=(run, experiment, threads, send), name=run.name)
-                process.start()
-                send.close()  # the child holds the only writer: its exit makes `receive` ready (EOF)
+                try:
+                    process.start()
+                except Exception as err:  # noqa: BLE001 - e.g. EOFError from a fork server that died, no memory
+                    receive.close()
+                    on_done(run, None, f"its process could not start: {type(err).__name__}: {err}")
+                    continue
+                finally:
+                    send.close()  # the child holds the only writer: its exit makes `receive` ready (EOF)
                 running[receive] = (run, process)
             for receive in wait(list(running)):
                 run, process = running.pop(receive)
                 try:
                     status, payload = receive.recv()
-                except EOFError:
+                except EOFError:  # it died before sending anything
                     status, payload = "error", None
+                except Exception as err:  # noqa: BLE001 - a result that cannot be read fails its run only
+                    status, payload = "error", f"its result could not be read: {type(err).__name__}: {err}"
                 receive.close()
-                process.join()
+                process.join(timeout=60)
+                if process.is_alive():  # sent its result but hangs on exit
+                    process.kill()
+                    process.join()
                 if status == "ok":
                     on_done(run, payload, None)
                 else:
-                    on_done(run, None, payload or f"its process died (exit code {process.exitcode})")
+                    on_done(run, None, payload or exit_reason(process.exitcode))
     finally:
         for _, process in running.values():  # interrupted: stop the runs still going
             process.terminate()
@@ -327,7 +454,8 @@ def _execute_ray(runs: list[PlannedRun], experiment: str, jobs: int, cpus_per_ru
 # ---------------------------------------------------------------------------------------------------- driver
 def run_experiment(path: str | Path, results: str | Path = "results", jobs: int | None = None,
                    backend: Backend = "local", device: str | None = None, quiet: bool = False,
-                   cpus_per_run: int | None = None, gpus_per_run: float | None = None) -> ExperimentOutcome | Any:
+                   cpus_per_run: int | None = None, gpus_per_run: float | None = None,
+                   overrides: Sequence[str] = ()) -> ExperimentOutcome | Any:
     """Runs every unfinished (algorithm, seed) of the experiment file ``path`` into ``<results>/<name>/``.
 
     Args:
@@ -336,6 +464,7 @@ def run_experiment(path: str | Path, results: str | Path = "results", jobs: int 
         device: overrides every run's device (``"cpu"``, ``"cuda"``); ``None`` keeps the file's.
         cpus_per_run, gpus_per_run: resources per run (default ``cores // jobs`` CPUs; 1 GPU when on CUDA);
             on Ray they are the task's resource request.
+        overrides: ``key=value`` changes of the file's values (``--set``; see :func:`load_experiment`).
 
     Returns:
         An :class:`ExperimentOutcome` (a failed run is reported there, and the other runs still finish); for a
@@ -343,12 +472,15 @@ def run_experiment(path: str | Path, results: str | Path = "results", jobs: int 
     """
     if backend not in ("local", "ray"):
         raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
+    check_output_dir(results)
     if GRADIENT_STUDY in load_toml(path):
+        if overrides:
+            raise ConfigError(f"--set is for training runs; {path} is a gradient study (edit its file instead)")
         from research.analysis.gradients import run_gradient_study
 
         return run_gradient_study(path, results, device=device, quiet=quiet)
 
-    plan = load_experiment(path, results, device)
+    plan = load_experiment(path, results, device, overrides)
     jobs = jobs or os.cpu_count() or 1
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
@@ -360,12 +492,19 @@ def run_experiment(path: str | Path, results: str | Path = "results", jobs: int 
         if status == "done":
             outcome.skipped.append(run)
             continue
-        if status == "changed":
-            log.info("%s: the config changed since it ran (hash now %s): running it again", run.name, run.config_hash)
-        elif status == "incomplete":
-            log.info("%s: unfinished run (no summary.json): deleting it and starting again", run.name)
+        if status == "failed":
+            log.info("%s: failed last time (%s): trying again", run.name, failure_reason(run) or "no reason recorded")
         if run.run_dir.exists():
-            shutil.rmtree(run.run_dir)
+            moved = move_aside(run, plan.directory, status)
+            what = {"changed": "the config changed since it ran", "failed": "a failed run",
+                    "incomplete": "unfinished run (no summary.json)"}[status]
+            log.info("%s: %s: moved to %s, running it again", run.name, what, moved.relative_to(plan.directory))
+        restored = restore_superseded(run, plan.directory)
+        if restored is not None:
+            log.info("%s: finished before under this config: moved back from %s", run.name,
+                     restored.relative_to(plan.directory))
+            outcome.skipped.append(run)
+            continue
         pending.append(run)
     write_manifest(plan)
     unplanned = _unplanned_run_dirs(plan)
@@ -390,6 +529,12 @@ def run_experiment(path: str | Path, results: str | Path = "results", jobs: int 
         else:
             outcome.failed[run.name] = error
             log.error("%s failed: %s", run.name, error)
+            try:  # the run stays unfinished (no summary.json): the next invocation moves it aside and retries it
+                run.run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(run.run_dir / FAILURE, {"reason": error, "config_hash": run.config_hash,
+                                                          "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            except OSError as err:
+                log.warning("%s: could not write %s: %s", run.name, FAILURE, err)
         bar.update(1)
 
     with logging_redirect_tqdm():
@@ -404,6 +549,9 @@ def run_experiment(path: str | Path, results: str | Path = "results", jobs: int 
             write_manifest(plan, {"started": started, "wall_time_s": round(time.perf_counter() - clock, 1),
                                   "runs_completed": len(outcome.completed), "runs_failed": len(outcome.failed),
                                   "runs_interrupted": len(pending) - len(outcome.completed) - len(outcome.failed),
+                                  **({"failures": {name: error.strip().split("\n")[0]
+                                                   for name, error in outcome.failed.items()}}
+                                     if outcome.failed else {}),
                                   "backend": backend, "jobs": jobs, "cpus_per_run": cpus_per_run})
     if outcome.failed:
         log.error("%d of %d runs failed: %s (rerun the same command to retry them)", len(outcome.failed),
@@ -428,6 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("results"), help="root of the run directories")
     parser.add_argument("--cpus-per-run", type=int, help="CPUs (torch threads) per run (default: cores // jobs)")
     parser.add_argument("--gpus-per-run", type=float, help="GPUs per Ray task (default: 1 on CUDA, else 0)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value: ALGO.KEY=VALUE for one algorithm's runs (bptt.lr=1e-3), "
+                             "KEY=VALUE for every algorithm's, experiment.KEY=VALUE for the [experiment] table; "
+                             "dotted keys reach nested tables; repeatable. Changed runs are moved aside, not lost")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -435,14 +587,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)  # a terminated experiment stops its runs too
     try:
         if args.dry_run:
-            plan = load_experiment(args.experiment, args.results, args.device)
+            plan = load_experiment(args.experiment, args.results, args.device, args.overrides)
             for run in plan.runs:
-                print(f"{run.name:40s} {run_status(run):10s} {run.run_dir}")
+                status = run_status(run)
+                reason = f"  ({failure_reason(run)})" if status == "failed" else ""
+                print(f"{run.name:40s} {status:10s} {run.run_dir}{reason}")
             return 0
         outcome = run_experiment(args.experiment, args.results, args.jobs, args.backend, args.device, args.quiet,
-                                 args.cpus_per_run, args.gpus_per_run)
-    except ConfigError as err:
-        parser.error(str(err))
+                                 args.cpus_per_run, args.gpus_per_run, args.overrides)
+    except ConfigError as err:  # bad input: one line on stderr, no traceback
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0 if getattr(outcome, "ok", True) else 1

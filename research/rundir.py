@@ -51,6 +51,23 @@ RUN_DIR_PATTERNS = ("*/seed_*", "*/*/seed_*")
 """Globs, under ``<results>/<experiment>``, of the run directories :func:`run_dir` makes: ``<algo>/seed_<k>`` and,
 with a physics axis, ``<physics>/<algo>/seed_<k>``."""
 
+SUPERSEDED = "superseded"
+"""Folder under ``<results>/<experiment>`` into which the experiment runner moves the runs it replaces (never deleting
+one): ``superseded/<config hash>/<run path>`` for a finished run whose config changed, and
+``superseded/unfinished-<time>/<run path>`` for an unfinished one. Readers skip it (:func:`is_superseded`); its run
+directories also lie deeper than :data:`RUN_DIR_PATTERNS` reach."""
+
+FAILURE = "failure.json"
+"""Written by the experiment runner into the directory of a run that failed (``reason``, ``time``, ``config_hash``);
+the run stays unfinished, and the next invocation retries it."""
+
+
+def is_superseded(path: str | os.PathLike, exp_dir: str | os.PathLike) -> bool:
+    """Whether the run directory ``path`` lies under ``<exp_dir>/superseded/`` (moved aside, not part of the
+    experiment any more)."""
+    parts = Path(path).relative_to(exp_dir).parts
+    return bool(parts) and parts[0] == SUPERSEDED
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` through a temporary file in the same directory and a rename."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from research.rundir import CONFIG, EVAL_RETURN, MANIFEST, METRICS, RUN_DIR_PATTERNS, SUMMARY
+from research.rundir import CONFIG, EVAL_RETURN, MANIFEST, METRICS, RUN_DIR_PATTERNS, SUMMARY, is_superseded
 from research.statistics import interquartile_mean
 
 THRESHOLD = -200.0
@@ -76,8 +76,10 @@ def experiment_dir(path: str | Path) -> Path:
 
 
 def finished_run_dirs(exp_dir: Path) -> list[Path]:
-    """Every run directory under ``exp_dir`` (``research.rundir.RUN_DIR_PATTERNS``) holding a ``summary.json``."""
-    return sorted({p.parent for pattern in RUN_DIR_PATTERNS for p in exp_dir.glob(f"{pattern}/{SUMMARY}")})
+    """Every run directory under ``exp_dir`` (``research.rundir.RUN_DIR_PATTERNS``) holding a ``summary.json``; runs
+    the experiment runner moved aside (``<exp>/superseded/``) are not part of the experiment and are left out."""
+    return sorted({p.parent for pattern in RUN_DIR_PATTERNS for p in exp_dir.glob(f"{pattern}/{SUMMARY}")
+                   if not is_superseded(p.parent, exp_dir)})
 
 
 def has_finished_runs(exp_dir: Path) -> bool:

@@ -3,7 +3,9 @@
 import csv
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import types
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from research.config import ConfigError
+import research.experiment as experiment_module
+from research.config import ConfigError, config_hash
 from research.experiment import load_experiment, main, run_experiment, run_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +91,9 @@ def test_resume_reruns_an_unfinished_run_cleanly(smoke_copy, caplog):
     assert f"{killed.name}: unfinished run" in caplog.text
     assert not (killed.run_dir / "stale.tmp").exists() and run_status(killed) == "done"
     assert (kept.run_dir / "summary.json").stat().st_mtime_ns == kept_mtime
+    # moved aside, not deleted
+    [aside] = (smoke_copy / "smoke" / "superseded").glob(f"unfinished-*/{killed.name}")
+    assert (aside / "stale.tmp").read_text() == "left by a killed run" and not (aside / "summary.json").exists()
 
 
 def test_changed_config_reruns_and_says_so(smoke_copy, tmp_path, caplog):
@@ -100,21 +106,117 @@ def test_changed_config_reruns_and_says_so(smoke_copy, tmp_path, caplog):
     assert "bptt/seed_0: the config changed" in caplog.text
     assert "no longer plans" in caplog.text and "bptt/seed_1" in caplog.text
     exp_dir = smoke_copy / "smoke"
+    old_hash = config_hash(load_experiment(SMOKE, smoke_copy).runs[0].config)
+    aside = exp_dir / "superseded" / old_hash / "bptt" / "seed_0"  # the finished run, moved aside whole
+    assert json.loads((aside / "summary.json").read_text())["config_hash"] == old_hash
+    assert {p.name for p in aside.iterdir()} == {"config.json", "metrics.csv", "summary.json", "policy.pt"}
     done = run_script("aggregate", exp_dir)
-    assert done.returncode == 0 and "not planned" in done.stderr
+    assert done.returncode == 0 and "not planned" in done.stderr and "superseded" not in done.stderr
     rows = {row["algo"]: row for row in csv.DictReader((exp_dir / "summary.csv").open())}
     assert rows["bptt"]["n_seeds"] == "1"
 
+    caplog.clear()  # the config changed back: the run moved aside returns, nothing trains
+    with caplog.at_level(logging.INFO, logger="research.experiment"):
+        again = run_experiment(SMOKE, smoke_copy, jobs=2, cpus_per_run=1, quiet=True)
+    assert again.ok and not again.completed and "moved back from" in caplog.text
+    assert run_status(again.plan.runs[0]) == "done" and not aside.exists()
+    new_hash = outcome.completed["bptt/seed_0"]["config_hash"]
+    assert (exp_dir / "superseded" / new_hash / "bptt" / "seed_0" / "summary.json").is_file()
+    assert "superseded" not in "".join(experiment_module._unplanned_run_dirs(again.plan))
 
-def test_failed_run_is_reported_and_the_others_finish(tmp_path):
-    experiment = tmp_path / "failing.toml"
-    # a policy with a zero-width layer passes the config's checks and fails when the run builds it
-    experiment.write_text(SMOKE.read_text().replace("hidden_sizes = [16, 16]\n[bptt.eval]", "hidden_sizes = [0]\n[bptt.eval]")
-                          .replace("seeds = [0, 1]", "seeds = [0]"))
-    outcome = run_experiment(experiment, tmp_path / "results", jobs=2, cpus_per_run=1, quiet=True)
-    assert not outcome.ok and list(outcome.failed) == ["bptt/seed_0"]
-    assert set(outcome.completed) == {run.name for run in outcome.plan.runs} - {"bptt/seed_0"}
-    assert run_status(outcome.plan.runs[0]) == "incomplete"
+
+def test_set_overrides_values_and_moves_the_changed_runs_aside(smoke_copy, capsys):
+    exp_dir = smoke_copy / "smoke"
+    before = json.loads((exp_dir / "bptt" / "seed_0" / "summary.json").read_text())["config_hash"]
+    assert main([str(SMOKE), "--results", str(smoke_copy), "--quiet", "--jobs", "2", "--cpus-per-run", "1",
+                 "--set", "bptt.iterations=3", "--set", "experiment.seeds=[0]"]) == 0
+    plan = load_experiment(SMOKE, smoke_copy, overrides=["bptt.iterations=3", "experiment.seeds=[0]"])
+    assert [run.seed for run in plan.runs] == [0] * len(plan.runs)
+    config = json.loads((exp_dir / "bptt" / "seed_0" / "config.json").read_text())
+    assert config["config"]["iterations"] == 3 and config["config_hash"] != before
+    assert (exp_dir / "superseded" / before / "bptt" / "seed_0" / "summary.json").is_file()
+    assert all(run_status(run) == "done" for run in plan.runs)  # the other algorithms' seed 0: unchanged, kept
+    manifest = json.loads((exp_dir / "experiment.json").read_text())
+    assert manifest["overrides"] == ["bptt.iterations=3", "experiment.seeds=[0]"]
+    # an override of every algorithm's runs, and the mistakes
+    every = load_experiment(SMOKE, smoke_copy, overrides=["max_wall_time_s=30"])
+    assert {run.config.max_wall_time_s for run in every.runs} == {30.0}
+    for overrides, match in ((["td3.lr=1e-3"], "unknown config key 'td3.lr'"), (["bptt=3"], "name a field of"),
+                             (["bptt.lr=nan"], "bptt.lr must be a finite number, got nan")):
+        with pytest.raises(ConfigError, match=match):
+            load_experiment(SMOKE, smoke_copy, overrides=overrides)
+    only_bptt = smoke_copy / "only_bptt.toml"
+    only_bptt.write_text("[bptt]\niterations = 2\n")
+    with pytest.raises(ConfigError, match="the experiment runs no 'td3'"):
+        load_experiment(only_bptt, smoke_copy, overrides=["td3.policy_delay=3"])
+
+
+TINY = ("[experiment]\nseeds = [0, 1, 2, 3]\n[bptt]\niterations = 2\nnum_envs = 8\nhorizon = 10\nhidden_sizes = [8]\n"
+        "[bptt.eval]\nepisodes = 20\n")
+
+
+def test_a_run_that_raises_dies_or_cannot_start_fails_alone_and_is_retried(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    planned, spawned = experiment_module.load_experiment, experiment_module.process_context
+
+    def broken_plan(*args, **kwargs):  # seed 0 raises in its process: a zero-width layer that skipped validation
+        plan = planned(*args, **kwargs)
+        plan.runs[0].config.hidden_sizes = [0]
+        return plan
+
+    def cannot_start():
+        raise EOFError("the fork server hung up")
+
+    def hostile_context(runs):  # seed 1 is SIGKILLed once started (as the OOM killer does); seed 2 cannot start
+        context = spawned(runs)
+
+        class Hostile:
+            Pipe = staticmethod(context.Pipe)
+
+            @staticmethod
+            def Process(**kwargs):
+                process = context.Process(**kwargs)
+                start = process.start
+
+                def start_then_kill():
+                    del process.start  # the process object is pickled to the child: no local function on it
+                    start()
+                    os.kill(process.pid, signal.SIGKILL)
+
+                if kwargs["name"] == "bptt/seed_1":
+                    process.start = start_then_kill
+                if kwargs["name"] == "bptt/seed_2":
+                    process.start = cannot_start
+                return process
+
+        return Hostile()
+
+    monkeypatch.setattr(experiment_module, "load_experiment", broken_plan)
+    monkeypatch.setattr(experiment_module, "process_context", hostile_context)
+    outcome = run_experiment(path, tmp_path / "results", jobs=2, cpus_per_run=1, quiet=True)
+    assert sorted(outcome.failed) == ["bptt/seed_0", "bptt/seed_1", "bptt/seed_2"]
+    assert list(outcome.completed) == ["bptt/seed_3"]
+    assert outcome.failed["bptt/seed_0"].startswith("ValueError: hidden_sizes")
+    assert "killed by SIGKILL" in outcome.failed["bptt/seed_1"] and "out-of-memory" in outcome.failed["bptt/seed_1"]
+    assert outcome.failed["bptt/seed_2"] == "its process could not start: EOFError: the fork server hung up"
+    runs = {run.name: run for run in outcome.plan.runs}
+    for name, reason in outcome.failed.items():
+        assert run_status(runs[name]) == "failed"
+        assert json.loads((runs[name].run_dir / "failure.json").read_text())["reason"] == reason
+    manifest = json.loads((tmp_path / "results" / "tiny" / "experiment.json").read_text())
+    invocation = manifest["invocations"][-1]
+    assert invocation["runs_failed"] == 3 and invocation["runs_completed"] == 1
+    assert invocation["failures"]["bptt/seed_2"] == outcome.failed["bptt/seed_2"]
+    monkeypatch.undo()
+    assert main([str(path), "--results", str(tmp_path / "results"), "--dry-run"]) == 0
+    assert "failed" in capsys.readouterr().out
+
+    again = run_experiment(path, tmp_path / "results", jobs=2, cpus_per_run=1, quiet=True)  # the next invocation
+    assert again.ok and sorted(again.completed) == sorted(outcome.failed) and len(again.skipped) == 1
+    aside = sorted(p.relative_to(tmp_path / "results" / "tiny" / "superseded").parts[1:]
+                   for p in (tmp_path / "results" / "tiny" / "superseded").glob("failed-*/bptt/seed_*"))
+    assert aside == [("bptt", "seed_0"), ("bptt", "seed_1"), ("bptt", "seed_2")]
 
 
 def test_unknown_experiment_lists_the_available_ones(tmp_path):
