@@ -12,7 +12,9 @@ compiler unrolls and vectorises every layer), compiles it once per shape with th
   the adjoint recursion through the physics and the policy in C, from the last step to the first, accumulating the
   weight gradients as it goes.
 
-Scope: a :class:`~research.policies.SquashedMLP` with ``tanh`` or ``relu`` hidden layers, float32 on CPU, and the
+Scope: a policy that describes itself to the loop (:meth:`~research.policies.SquashedMLP.native_layers` returns a
+:class:`NativeLayers`: the C loop runs that description, never a guess from the policy's attributes) with ``tanh`` or
+``relu`` hidden layers, float32 on CPU, and the
 physics of Gymnasium's Pendulum-v1 with per-pendulum ``g, m, l, dt, max_speed, max_torque`` (no damping, friction,
 noise or wall: :func:`supported` says whether a case qualifies; the callers fall back to the torch paths otherwise).
 ``tanh``, ``sin`` and ``cos`` are computed by range reduction and polynomials (within 2.5 and 1.5 float32 ulps of the
@@ -30,13 +32,15 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from itertools import pairwise
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from research.envs.physics import GYMNASIUM_FEATURES, StepConstants
+from research.envs.physics import COST_SPEED, COST_TORQUE, GYMNASIUM_FEATURES, StepConstants
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,25 @@ NATIVE_MAX_WIDTH = 128
 #: Rows processed together (their activations stay in L1 cache).
 ROW_BLOCK = 16
 CACHE = Path(os.environ.get("RESEARCH_NATIVE_CACHE", Path.home() / ".cache" / "research-native"))
+
+
+
+class NativeLayers(NamedTuple):
+    """What the C loop computes, as a policy declares it (its ``native_layers()`` method, e.g.
+    :meth:`research.policies.SquashedMLP.native_layers`): ``action = scale * tanh(z_L)``, ``z_{i+1} = W_i h_i + b_i``,
+    ``h_{i+1} = activation(z_{i+1})`` for ``i < L``, ``h_0`` the observation ``[cos th, sin th, thdot]``. A policy opts
+    in by returning one only where its own forward computes exactly this."""
+
+    weights: tuple[Tensor, ...]  #: ``W_i [out, in]``, the parameters themselves (the gradients reach them)
+    biases: tuple[Tensor, ...]  #: ``b_i [out]``
+    activation: str  #: of the hidden layers: ``"tanh"`` or ``"relu"``
+    scale: float  #: the action's bound (``max_torque``)
+
+
+def _c_float(x: float) -> str:
+    """``x`` as a C float literal with the double's full precision (its shortest round-trip decimal)."""
+    return f"{float(x)!r}f"
+
 
 _PRELUDE = """
 static inline float tanh_approx(float x) {
@@ -261,7 +284,7 @@ def _source(widths: list[int], activation: str) -> str:
         const float u = clampf(h{layers}[r][0], -mt[r], mt[r]);
         const float x = th[r] + (float)M_PI, two_pi = 2.f * (float)M_PI;
         const float w = x - two_pi * floorf(x / two_pi) - (float)M_PI;
-        const float cost = (w * w + 0.1f * thd[r] * thd[r]) + 0.001f * u * u;
+        const float cost = (w * w + {_c_float(COST_SPEED)} * thd[r] * thd[r]) + {_c_float(COST_TORQUE)} * u * u;
         const float v = thd[r] + (g[r] * s[r] + ii[r] * u) * d[r];
         const float nv = clampf(v, -ms[r], ms[r]);
         th[r] = th[r] + nv * d[r]; thd[r] = nv; ret[r] -= cost;
@@ -328,13 +351,13 @@ def _backward_source(widths: list[int], activation: str, head: str) -> str:
         const float a_acc = a_v * d[r];
         a_s[r] = a_acc * g[r];
         float a_u = a_acc * ii[r];
-        /* reward = -((w^2 + 0.1 thd^2) + 0.001 u^2), w = angle_normalize(th) */
+        /* reward = -((w^2 + {COST_SPEED!r} thd^2) + {COST_TORQUE!r} u^2), w = angle_normalize(th) */
         const float a_cost = -gr[r];
         const float x = TH[base + q] + (float)M_PI, two_pi = 2.f * (float)M_PI;
         const float w = x - two_pi * floorf(x / two_pi) - (float)M_PI;
         a_th[r] += a_cost * 2.f * w;
-        a_thd[r] = a_v + a_cost * 0.2f * thd;
-        a_u += a_cost * 0.002f * u;
+        a_thd[r] = a_v + a_cost * {_c_float(2 * COST_SPEED)} * thd;
+        a_u += a_cost * {_c_float(2 * COST_TORQUE)} * u;
         const float a_act = (act >= -mt[r] && act <= mt[r]) ? a_u : 0.f;
         const float y = act / scale;  /* act = scale tanh(z) */
         dl{layers - 1}[r][0] = a_act * scale * (1.f - y * y);
@@ -429,33 +452,47 @@ def _library(widths: tuple[int, ...], activation: str) -> ctypes.CDLL | None:
     return _LIBS[key]
 
 
-def _layers(policy: nn.Module) -> list[nn.Linear] | None:
-    """The linear layers of a :class:`~research.policies.SquashedMLP` whose hidden activation the kernels have."""
-    spec = getattr(policy, "spec", None)
-    if not isinstance(spec, dict) or spec.get("activation") not in ("tanh", "relu") or spec.get("act_dim") != 1:
+def _layers(policy: object) -> NativeLayers | None:
+    """The policy's own description of its network (its ``native_layers()`` method), where it gives one that the
+    kernels have: ``tanh``/``relu`` hidden layers, ``3 -> ... -> 1`` with biases and matching shapes. Nothing else
+    runs natively: a plain function, a module without the method, an instance whose method returns ``None``."""
+    describe = getattr(type(policy), "native_layers", None)
+    if describe is None:
         return None
-    linears = [m for m in policy.net if isinstance(m, nn.Linear)]
-    if len(linears) != len(spec["hidden_sizes"]) + 1:
+    layers = describe(policy)
+    if not isinstance(layers, NativeLayers) or layers.activation not in ("tanh", "relu"):
         return None
-    return linears
+    weights, biases = layers.weights, layers.biases
+    if len(weights) < 2 or len(biases) != len(weights):
+        return None
+    if any(w.dim() != 2 or b.shape != w.shape[:1] for w, b in zip(weights, biases, strict=True)):
+        return None
+    if weights[0].shape[1] != 3 or weights[-1].shape[0] != 1:
+        return None
+    if any(w.shape[1] != prev.shape[0] for prev, w in pairwise(weights)):
+        return None
+    return layers
 
 
-def supported(policy: nn.Module, constants: StepConstants, like: Tensor, rows: int) -> bool:
-    """Whether the native loop runs this case: a tanh/relu :class:`SquashedMLP` no wider than
-    :data:`NATIVE_MAX_WIDTH` on CPU in float32, Gymnasium's physics without the optional terms, parameters that need
-    no gradient, at least one row, and a C compiler."""
+def supported(policy: object, constants: StepConstants, like: Tensor, rows: int) -> bool:
+    """Whether the native loop runs this case: a policy whose ``native_layers()`` describes tanh/relu layers (e.g.
+    a :class:`~research.policies.SquashedMLP` that is exactly one) no wider than :data:`NATIVE_MAX_WIDTH` on CPU in
+    float32, Gymnasium's physics without the optional terms, parameters that need no gradient, at least one row, and
+    a C compiler."""
     if not ENABLED or torch.compiler.is_compiling() or rows == 0:
         return False
     if like.device.type != "cpu" or like.dtype != torch.float32 or constants.features != GYMNASIUM_FEATURES:
         return False
     layers = _layers(policy)
-    if layers is None or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in policy.parameters()):
+    if layers is None:
         return False
-    if max(m.out_features for m in layers) > NATIVE_MAX_WIDTH:
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in (*layers.weights, *layers.biases)):
+        return False
+    if max(w.shape[0] for w in layers.weights) > NATIVE_MAX_WIDTH:
         return False
     if any(torch.is_tensor(v) and v.requires_grad for v in constants[:5]):
         return False
-    return _library(_widths(layers), policy.spec["activation"]) is not None
+    return _library(_widths(layers), layers.activation) is not None
 
 
 def _ptr(t: Tensor) -> ctypes.c_void_p:
@@ -468,23 +505,30 @@ def _per_row(constants: StepConstants, rows: int, like: Tensor) -> list[Tensor]:
             for v in constants[:5]]
 
 
-def _weights(layers: list[nn.Linear]) -> list[Tensor]:
+def _weights(layers: NativeLayers) -> list[Tensor]:
     """Per layer: ``W.T`` (the forward's ``[in, out]``), ``W`` (the backward's ``[out, in]``), ``b``."""
     out = []
-    for m in layers:
-        w = m.weight.detach()
-        out += [w.t().contiguous(), w.contiguous(), m.bias.detach().contiguous()]
+    for w, b in zip(layers.weights, layers.biases, strict=True):
+        w = w.detach()
+        out += [w.t().contiguous(), w.contiguous(), b.detach().contiguous()]
     return out
 
 
-def _widths(layers: list[nn.Linear]) -> tuple[int, ...]:
-    return (layers[0].in_features, *(m.out_features for m in layers))
+def _widths(layers: NativeLayers) -> tuple[int, ...]:
+    return (layers.weights[0].shape[1], *(w.shape[0] for w in layers.weights))
 
 
-def _lib_for(policy: nn.Module) -> tuple[ctypes.CDLL, list[nn.Linear], tuple[int, ...]]:
-    layers = _layers(policy)
+def _lib_for(layers: NativeLayers) -> tuple[ctypes.CDLL, tuple[int, ...]]:
     widths = _widths(layers)
-    return _library(widths, policy.spec["activation"]), layers, widths
+    return _library(widths, layers.activation), widths
+
+
+def _described(policy: object) -> NativeLayers:
+    layers = _layers(policy)
+    if layers is None:
+        raise ValueError(f"research.native cannot run {type(policy).__name__}: its native_layers() gives no "
+                         "description the C loop has (check research.native.supported first)")
+    return layers
 
 
 @torch.no_grad()
@@ -492,20 +536,21 @@ def native_simulate(policy: nn.Module, th: Tensor, thdot: Tensor, constants: Ste
                     horizon: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(returns, th, thdot)``, each ``[N]``, of ``horizon`` gradient-free steps from ``th, thdot [N]``
     (check :func:`supported` first)."""
-    lib, layers, _ = _lib_for(policy)
+    layers = _described(policy)
+    lib, _ = _lib_for(layers)
     n = th.numel()
     th, thdot = th.contiguous(), thdot.contiguous()
     consts, weights = _per_row(constants, n, th), _weights(layers)
     returns, th_out, thdot_out = torch.empty(n), torch.empty(n), torch.empty(n)
-    lib.simulate(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(policy.max_torque),
+    lib.simulate(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(layers.scale),
                  *map(_ptr, weights), _ptr(returns), _ptr(th_out), _ptr(thdot_out))
     return returns, th_out, thdot_out
 
 
 class _NativeRollout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, policy, constants, horizon, th, thdot, *params):
-        lib, layers, widths = _lib_for(policy)
+    def forward(ctx, layers, constants, horizon, th, thdot, *params):
+        lib, widths = _lib_for(layers)
         n = th.numel()
         th, thdot = th.detach().contiguous(), thdot.detach().contiguous()
         consts, weights = _per_row(constants, n, th), _weights(layers)
@@ -513,10 +558,10 @@ class _NativeRollout(torch.autograd.Function):
         returns, th_out, thdot_out = torch.empty(n), torch.empty(n), torch.empty(n)
         th_saved = torch.empty(horizon, n)
         saved = [torch.empty(horizon, n, w) for w in widths]
-        lib.forward(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(policy.max_torque),
+        lib.forward(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(layers.scale),
                     *map(_ptr, weights), _ptr(rewards), _ptr(returns), _ptr(th_out), _ptr(thdot_out),
                     _ptr(th_saved), *map(_ptr, saved))
-        ctx.lib, ctx.widths, ctx.horizon, ctx.scale = lib, widths, horizon, policy.max_torque
+        ctx.lib, ctx.widths, ctx.horizon, ctx.scale = lib, widths, horizon, layers.scale
         ctx.inputs = (th, thdot, consts, weights, th_saved, saved)
         return rewards, th_out, thdot_out
 
@@ -528,7 +573,7 @@ class _NativeRollout(torch.autograd.Function):
         grad_rewards = torch.zeros(n, horizon) if grad_rewards is None else grad_rewards.contiguous()
         grad_th = torch.zeros(n) if grad_th is None else grad_th.contiguous()
         grad_thdot = torch.zeros(n) if grad_thdot is None else grad_thdot.contiguous()
-        grads = [torch.zeros(shape) for k, m in zip(widths[:-1], widths[1:]) for shape in ((m, k), (m,))]
+        grads = [torch.zeros(shape) for k, m in pairwise(widths) for shape in ((m, k), (m,))]
         grad_th0, grad_thdot0 = torch.empty(n), torch.empty(n)
         ctx.lib.backward(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(ctx.scale),
                          *map(_ptr, weights), _ptr(th_saved), *map(_ptr, saved), _ptr(grad_rewards),
@@ -540,6 +585,6 @@ def native_rollout(policy: nn.Module, th: Tensor, thdot: Tensor, constants: Step
                    horizon: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(rewards [N, H], th [N], thdot [N])`` of a differentiable rollout from ``th, thdot [N]``: gradients reach
     the policy's parameters and the start state (check :func:`supported` first)."""
-    layers = _layers(policy)
-    params = [p for m in layers for p in (m.weight, m.bias)]
-    return _NativeRollout.apply(policy, constants, horizon, th, thdot, *params)
+    layers = _described(policy)
+    params = [p for w, b in zip(layers.weights, layers.biases, strict=True) for p in (w, b)]
+    return _NativeRollout.apply(layers, constants, horizon, th, thdot, *params)

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torchrl.modules import MLP, Actor
 
 from research.envs.physics import MAX_TORQUE
-from research.linear import accelerate
+from research.linear import FastLinear, accelerate
+from research.native import NativeLayers
 from research.rundir import atomic_write_bytes
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
@@ -31,6 +32,11 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "el
 Activation = Literal["tanh", "relu", "elu", "silu"]
 assert set(get_args(Activation)) == set(ACTIVATIONS)
 POLICY_FORMAT = "research.SquashedMLP/1"
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
 
 
 class SquashedMLP(nn.Module):
@@ -78,6 +84,44 @@ class SquashedMLP(nn.Module):
             raise ValueError(f"observation must have size {self.obs_dim} in its last dimension ([..., {self.obs_dim}]), "
                              f"got shape {list(observation.shape)}")
         return self.max_torque * torch.tanh(self.net(observation))
+
+    def native_layers(self) -> NativeLayers | None:
+        """This network as :mod:`research.native`'s C loop computes it (its opt-in: the loop runs nothing else), or
+        ``None`` where this instance computes anything else: a subclass with its own ``forward`` or ``__call__``, a
+        ``net`` that is not exactly linear layers with one ``tanh``/``relu`` between each two (a LayerNorm, a
+        residual, dropout, another activation, a subclassed layer or ``MLP``), or hooks on it, its ``net`` or a
+        layer."""
+        cls = type(self)
+        if cls.forward is not SquashedMLP.forward or cls.__call__ is not nn.Module.__call__:
+            return None
+        net = self.net
+        if type(net) is not MLP or getattr(net, "_reshape_out", False):
+            return None
+        hooks = nn.modules.module
+        if (hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+                or hooks._global_backward_pre_hooks or _hooked(self) or _hooked(net)):
+            return None
+        ops: list[nn.Linear | str] = []  # the computation in order: a layer, or the name of an activation
+        for module in net:
+            kind = type(module)
+            if _hooked(module):
+                return None
+            if kind is FastLinear or kind is nn.Linear:
+                ops.append(module)
+                if kind is FastLinear and module.activation != "none":
+                    ops.append(module.activation)
+            elif kind is nn.Tanh or kind is nn.ReLU:
+                ops.append("tanh" if kind is nn.Tanh else "relu")
+            elif kind is not nn.Identity:
+                return None
+        linears, activations = ops[0::2], ops[1::2]  # layer, activation, layer, ..., layer
+        if (len(ops) % 2 == 0 or not activations or len(set(activations)) != 1
+                or not all(isinstance(m, nn.Linear) and m.bias is not None for m in linears)
+                or not all(isinstance(a, str) for a in activations)):
+            return None
+        return NativeLayers(tuple(m.weight for m in linears), tuple(m.bias for m in linears), activations[0],
+                            float(self.max_torque))
+
 
 
 def make_policy(

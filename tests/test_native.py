@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import research.native as native
 from research.envs.physics import GYMNASIUM_FEATURES, sample_initial_state, sample_params, step_constants
 from research.envs.presets import get_physics
-from research.policies import make_policy
+from research.policies import SquashedMLP, make_policy
 from research.rollout import fused_rollout, initial_state, simulate
 
 BATCH = native.ROW_BLOCK + 5  # a partial block of rows too
@@ -25,6 +26,11 @@ def _case(activation="tanh", hidden=(16, 16), seed=0):
     return policy, params, th * 1.5, thdot * 3  # angles beyond [-pi, pi] as well
 
 
+def _x(th, thdot):
+    """The rollouts' state ``[B, 2]``."""
+    return torch.stack((th, thdot), -1)
+
+
 @pytest.fixture(autouse=True)
 def _needs_a_compiler():
     policy, params, th, _ = _case()
@@ -32,34 +38,144 @@ def _needs_a_compiler():
         pytest.skip("research.native is unavailable here (no C compiler or not an x86/CPU build)")
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_simulate_agrees_with_the_torch_loop(activation):
-    policy, params, th, thdot = _case(activation)
-    ours = simulate(policy, (th, thdot), params, 60, native=True)
-    ref = simulate(policy, (th, thdot), params, 60, native=False)
-    torch.testing.assert_close(ours.returns, ref.returns, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(ours.th, ref.th, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(ours.thdot, ref.thdot, rtol=1e-5, atol=1e-4)
+def _assert_agrees(ours, ref, exact, rtol, atol):
+    """``ours`` (native) within ``atol + rtol |ref|`` of ``ref`` (the torch loop in float32), plus twice the distance
+    of ``ref`` from ``exact`` (the torch loop in float64): over 60 steps a few rows amplify float32 rounding far
+    beyond the tolerance, in the torch loop as much as in the native one."""
+    slack = 2 * (ref.double() - exact).abs()
+    diff = (ours.double() - ref.double()).abs()
+    bad = diff > atol + rtol * ref.double().abs() + slack
+    assert not bad.any(), f"{int(bad.sum())} of {bad.numel()} differ, by up to {diff[bad].max():.3g}"
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_rollout_rewards_and_every_gradient_agree_with_autograd(activation):
-    policy, params, th, thdot = _case(activation, hidden=(16, 16, 16))
+def _check_simulate(activation, hidden):
+    policy, params, th, thdot = _case(activation, hidden)
+    ours = simulate(policy, _x(th, thdot), params, 60, native=True)
+    ref = simulate(policy, _x(th, thdot), params, 60, native=False)
+    params64 = type(params)(*(p.double() for p in params))
+    exact = simulate(policy.double(), _x(th, thdot).double(), params64, 60, native=False)
+    _assert_agrees(ours.returns, ref.returns, exact.returns, rtol=1e-5, atol=1e-3)
+    _assert_agrees(ours.state, ref.state, exact.state, rtol=1e-5, atol=1e-4)  # th and thdot
+
+
+def _check_rollout_and_gradients(activation, hidden):
+    policy, params, th, thdot = _case(activation, hidden)
     weights = torch.randn(BATCH, 40, generator=torch.Generator().manual_seed(5))
 
     def run(use_native):
         th0, thdot0 = th.clone().requires_grad_(), thdot.clone().requires_grad_()
-        out = fused_rollout(policy, initial_state(th0, thdot0), params, 40, native=use_native)
-        loss = (out.rewards * weights).sum() + 0.3 * out.state.th.sum() - 0.2 * out.state.thdot.sum()
+        out = fused_rollout(policy, initial_state(_x(th0, thdot0)), params, 40, native=use_native)
+        loss = (out.rewards * weights).sum() + (out.state.state * torch.tensor([0.3, -0.2])).sum()
         grads = torch.autograd.grad(loss, [th0, thdot0, *policy.parameters()])
         return out, grads
 
     (ours, ours_grads), (ref, ref_grads) = run(True), run(False)
     torch.testing.assert_close(ours.rewards, ref.rewards, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(ours.state.th, ref.state.th, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.state.state[:, 0], ref.state.state[:, 0], rtol=1e-5, atol=1e-5)
     assert torch.equal(ours.state.step_count, ref.state.step_count)
     for got, want in zip(ours_grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_simulate_agrees_with_the_torch_loop(activation):
+    _check_simulate(activation, (16, 16))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_rollout_rewards_and_every_gradient_agree_with_autograd(activation):
+    _check_rollout_and_gradients(activation, (16, 16, 16))
+
+
+# widths that are not multiples of 16 take the kernels' other code paths: plain loops instead of 16-lane vector
+# groups (8, 24, 100), a scalar reduction for the output layer (8, 24), and in the backward the weight gradient of
+# a narrow input into a 16-multiple (24 -> 16), a 16-multiple input into a narrow layer (16 -> 8)
+ODD_WIDTHS = [(8, 8), (24, 24), (100, 24), (24, 16, 8)]
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("hidden", ODD_WIDTHS, ids=lambda h: "-".join(map(str, h)))
+def test_odd_widths_agree_with_the_torch_loop(hidden, activation):
+    _check_simulate(activation, hidden)
+    _check_rollout_and_gradients(activation, hidden)
+
+
+class _Shifted(SquashedMLP):
+    """Its own forward: 0.1 added before the squash (the C loop would silently drop it)."""
+
+    def forward(self, observation):
+        return self.max_torque * torch.tanh(self.net(observation) + 0.1)
+
+
+def _never_native(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the native loop ran")
+
+    monkeypatch.setattr(native, "native_rollout", refuse)
+    monkeypatch.setattr(native, "native_simulate", refuse)
+
+
+def test_a_subclass_with_its_own_forward_never_runs_native(monkeypatch):
+    policy, params, th, thdot = _case()
+    shifted = _Shifted([16, 16], "tanh", max_torque=2.5)
+    shifted.load_state_dict(policy.state_dict())
+    constants = step_constants(params, GYMNASIUM_FEATURES)
+    assert policy.native_layers() is not None and shifted.native_layers() is None
+    assert not native.supported(shifted, constants, th, BATCH)
+    with pytest.raises(ValueError, match="native=True"):
+        fused_rollout(shifted, initial_state(_x(th, thdot)), params, 5, native=True)
+    # a subclass that computes exactly SquashedMLP's network still opts in
+    assert native.supported(type("Same", (SquashedMLP,), {})([16, 16], "tanh"), constants, th, BATCH)
+
+    def run(net, use_native):
+        th0 = th.clone().requires_grad_()
+        out = fused_rollout(net, initial_state(_x(th0, thdot)), params, 30, native=use_native)
+        return out, torch.autograd.grad(out.rewards.sum(), [th0, *net.parameters()])
+
+    plain, _ = run(policy, None)  # the unmodified network runs natively: the shift changes the rewards
+    _never_native(monkeypatch)
+    (auto, auto_grads), (ref, ref_grads) = run(shifted, None), run(shifted, False)
+    assert torch.equal(auto.rewards, ref.rewards) and torch.equal(auto.state.state, ref.state.state)
+    assert all(torch.equal(a, b) for a, b in zip(auto_grads, ref_grads, strict=True))
+    assert not torch.allclose(auto.rewards, plain.rewards, rtol=1e-3, atol=1e-3)
+    # ...and the torch result is that of its own forward, written out step by step
+    th_t, thdot_t, rewards = th, thdot, []
+    for _ in range(30):
+        u = shifted(torch.stack([th_t.cos(), th_t.sin(), thdot_t], -1)).squeeze(-1)
+        u = u.clamp(-params.max_torque, params.max_torque)
+        w = torch.remainder(th_t + torch.pi, 2 * torch.pi) - torch.pi
+        rewards.append(-(w**2 + native.COST_SPEED * thdot_t**2 + native.COST_TORQUE * u**2))
+        inertia = params.m * params.l**2 / 3
+        thdot_t = (thdot_t + (3 * params.g / (2 * params.l) * th_t.sin() + u / inertia) * params.dt)
+        thdot_t = thdot_t.clamp(-params.max_speed, params.max_speed)
+        th_t = th_t + thdot_t * params.dt
+    torch.testing.assert_close(ref.rewards, torch.stack(rewards, -1), rtol=1e-4, atol=1e-4)
+    sim = simulate(shifted, _x(th, thdot), params, 30)
+    torch.testing.assert_close(sim.returns, ref.rewards.sum(-1), rtol=1e-5, atol=1e-3)
+
+
+def test_modified_networks_and_plain_functions_never_run_native(monkeypatch):
+    policy, params, th, thdot = _case()
+    constants = step_constants(params, GYMNASIUM_FEATURES)
+    ref = fused_rollout(policy, initial_state(_x(th, thdot)), params, 20, native=False)
+
+    def function(observation):
+        return policy(observation)
+
+    normed = _case()[0]
+    normed.net[1] = nn.LayerNorm(16)  # the Identity left where the first tanh was fused into its layer
+    hooked = _case()[0]
+    hooked.net[2].register_forward_hook(lambda module, args, out: out * 0.5)
+    for other in (function, normed, hooked):
+        assert not native.supported(other, constants, th, BATCH)
+    _never_native(monkeypatch)
+    out = fused_rollout(function, initial_state(_x(th, thdot)), params, 20)
+    assert torch.equal(out.rewards, ref.rewards)
+    assert torch.equal(simulate(function, _x(th, thdot), params, 20).returns,
+                       simulate(policy, _x(th, thdot), params, 20, native=False).returns)
+    for other in (normed, hooked):
+        fused_rollout(other, initial_state(_x(th, thdot)), params, 20)
+        simulate(other, _x(th, thdot), params, 20)
 
 
 def test_unsupported_cases_fall_back_or_say_why():
@@ -73,11 +189,11 @@ def test_unsupported_cases_fall_back_or_say_why():
     noisy_constants = step_constants(noisy.params((BATCH,)), noisy.features)
     assert not native.supported(policy, noisy_constants, th, BATCH)
     with pytest.raises(ValueError, match="native=True"):
-        fused_rollout(policy, initial_state(th, thdot), params, 5, native=True, keep_trajectory=True)
+        fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 5, native=True, keep_trajectory=True)
     with pytest.raises(ValueError, match="native=True"):
-        simulate(policy, (th, thdot), params, 5, native=True, compile=True)
+        simulate(policy, torch.stack((th, thdot), -1), params, 5, native=True, compile=True)
     # the automatic choice keeps the torch loop where it must, with the same results as asking for it
-    kept = fused_rollout(policy, initial_state(th, thdot), params, 5, keep_trajectory=True)
+    kept = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 5, keep_trajectory=True)
     assert kept.observations is not None
 
 
@@ -89,8 +205,8 @@ def test_without_a_compiler_the_torch_paths_run(monkeypatch, tmp_path, caplog):
     policy, params, th, thdot = _case(hidden=(8,))
     assert not native.supported(policy, step_constants(params, GYMNASIUM_FEATURES), th, BATCH)
     assert "using the torch rollouts" in caplog.text
-    ref = simulate(policy, (th, thdot), params, 10, native=False)
-    assert torch.equal(simulate(policy, (th, thdot), params, 10).returns, ref.returns)
+    ref = simulate(policy, torch.stack((th, thdot), -1), params, 10, native=False)
+    assert torch.equal(simulate(policy, torch.stack((th, thdot), -1), params, 10).returns, ref.returns)
 
 
 def test_the_evaluator_on_the_native_loop_agrees_with_the_torch_loop(monkeypatch):
