@@ -101,7 +101,7 @@ class EnvConfig:
             self._check_physics(f"env.param_ranges.{name}", ranges={name: bounds})
         if self.backend == "gymnasium" and (self.system != "pendulum" or self.physics != "default" or self.params):
             raise ConfigError(
-                "env.backend='gymnasium' runs Gymnasium's own Pendulum-v1: env.system must be 'pendulum', env.physics "
+                "env.backend='gymnasium' runs Gymnasium's own physics (Pendulum-v1): env.system must be 'pendulum', env.physics "
                 f"'default' and env.params empty, got {self.system!r}, {self.physics!r} and {self.params}"
             )
         self.to_physics()
@@ -149,8 +149,9 @@ class EvalConfig:
         if self.episodes <= 0:
             raise ConfigError(f"eval.episodes must be > 0, got {self.episodes}")
         if self.physics and not any(self.physics in cls.PRESETS for cls in SYSTEMS.values()):
-            raise ConfigError(f"eval.physics must be '' (the training physics) or a preset of the system, e.g. one "
-                              f"of {list(PRESETS)}, got {self.physics!r}")
+            presets = sorted({name for cls in SYSTEMS.values() for name in cls.PRESETS})
+            raise ConfigError(f"eval.physics must be '' (the training physics) or one of {presets} (a preset of the "
+                              f"training system), got {self.physics!r}")
         seeds = {"seed": self.seed, "noise_seed": self.noise_seed, "params_seed": self.params_seed}
         if len(set(seeds.values())) < len(seeds):
             raise ConfigError(f"eval.seed, eval.noise_seed and eval.params_seed must differ (separate streams), "

@@ -174,7 +174,8 @@ def closed_loop(
     sum to the returns it reports for these starts.
     """
     params = PendulumParams.default(th0.shape, dtype=th0.dtype)
-    out = fused_rollout(_as_dtype(policy, th0.dtype), initial_state(th0, thdot0), params, steps, keep_trajectory=True)
+    out = fused_rollout(_as_dtype(policy, th0.dtype), initial_state(torch.stack((th0, thdot0), -1)), params, steps,
+                       keep_trajectory=True)
     obs = torch.cat([out.observations, out.next_observations[..., -1:, :]], dim=-2)
     th = torch.atan2(obs[..., 1], obs[..., 0])
     torque = out.actions[..., 0].clamp(-MAX_TORQUE, MAX_TORQUE)
@@ -292,10 +293,10 @@ def optimal_controller(**kwargs) -> Controller | None:
 @torch.no_grad()
 def per_start_returns(controllers: Sequence[Controller], num_episodes: int = 1000) -> np.ndarray:
     """``[len(controllers), num_episodes]``: each controller's 200-step return from every evaluation start."""
-    th, thdot = evaluation_states(num_episodes)
-    params = PendulumParams.default(th.shape)
+    state = evaluation_states(num_episodes)
+    params = PendulumParams.default(state.shape[:-1])
     return np.stack(
-        [simulate(_as_dtype(c.policy, th.dtype), (th, thdot), params, EVAL_HORIZON).returns.double().numpy()
+        [simulate(_as_dtype(c.policy, state.dtype), state, params, EVAL_HORIZON).returns.double().numpy()
          for c in controllers]
     )
 
@@ -458,7 +459,7 @@ def render_experiment(exp_dir: Path, out_dir: Path | None = None, starts: Sequen
     best = optimal_controller() if optimal else None
     if best is not None:
         controllers.append(best)
-    th_all, thdot_all = (x.double().numpy() for x in evaluation_states())
+    th_all, thdot_all = (x.double().numpy() for x in evaluation_states().unbind(-1))
     if starts is None:
         chosen = default_starts(per_start_returns(controllers), th_all, thdot_all)
         names = {role: f"swingup_{role}" for role in chosen}

@@ -93,7 +93,7 @@ def return_map(controller: Controller, th: np.ndarray, thdot: np.ndarray, horizo
     def call(obs: torch.Tensor) -> torch.Tensor:
         return policy(obs).to(obs.dtype)
 
-    returns = simulate(call, (t, v), PendulumParams.default(t.shape), horizon).returns
+    returns = simulate(call, torch.stack((t, v), -1), PendulumParams.default(t.shape), horizon).returns
     return returns.double().numpy().reshape(len(thdot), len(th))
 
 
@@ -284,7 +284,7 @@ def make_maps(exp_dir: Path, grid: int = 101, value_grid: int = 61, seed: str | 
         controllers.append(Controller(OPTIMAL_NAME, OPTIMAL_COLOR, solution.policy))
     figures = exp_dir / "figures"
     figures.mkdir(exist_ok=True)
-    th0_all, thdot0_all = (x.double().numpy() for x in evaluation_states(num_episodes))
+    th0_all, thdot0_all = (x.double().numpy() for x in evaluation_states(num_episodes).unbind(-1))
     starts = portrait_starts(th0_all, thdot0_all)
     trajs = [portraits(c, th0_all[starts], thdot0_all[starts]) for c in controllers]
     th, thdot = state_grid(grid, grid)
@@ -308,7 +308,7 @@ def make_maps(exp_dir: Path, grid: int = 101, value_grid: int = 61, seed: str | 
     plot_value_map(figures / FIGURES[1], controllers, values, trajs, titles, f"{tag}: value over the state space"
                    + ("" if saved_critic else " (no run saves a learned critic: each policy's value is simulated)"))
 
-    th0_t, thdot0_t = evaluation_states(num_episodes)
+    th0_t, thdot0_t = evaluation_states(num_episodes).unbind(-1)
     returns = per_start_returns(controllers, num_episodes)
     if solution is not None:
         with torch.no_grad():

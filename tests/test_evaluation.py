@@ -6,12 +6,12 @@ from research.policies import make_policy
 
 
 def test_evaluation_states_are_fixed_and_device_independent():
-    a = evaluation_states(1000)
-    b = evaluation_states(1000, dtype=torch.float64)
+    a = evaluation_states(1000).unbind(-1)
+    b = evaluation_states(1000, dtype=torch.float64).unbind(-1)
     torch.testing.assert_close(a[0].double(), b[0], atol=1e-6, rtol=0)
-    torch.testing.assert_close(evaluation_states(1000)[1], a[1])
+    torch.testing.assert_close(evaluation_states(1000).unbind(-1)[1], a[1])
     assert a[0].abs().max() <= torch.pi and a[1].abs().max() <= 1.0
-    other = evaluation_states(1000, seed=EVAL_SEED + 1)
+    other = evaluation_states(1000, seed=EVAL_SEED + 1).unbind(-1)
     assert not torch.equal(other[0], a[0])
 
 
@@ -38,7 +38,7 @@ def test_zero_torque_policy_matches_hand_rollout():
 
     zero = lambda obs: torch.zeros(*obs.shape[:-1], 1, dtype=obs.dtype)  # noqa: E731
     result = evaluate_policy(zero, num_episodes=32, dtype=torch.float64)
-    th, thdot = evaluation_states(32, dtype=torch.float64)
+    th, thdot = evaluation_states(32, dtype=torch.float64).unbind(-1)
     params = PendulumParams.default((32,), dtype=torch.float64)
     total = torch.zeros(32, dtype=torch.float64)
     for _ in range(200):
@@ -95,8 +95,8 @@ def test_default_physics_gives_todays_scores():
     from research.envs import PendulumParams
     from research.rollout import fused_rollout, initial_state
 
-    th, thdot = evaluation_states(32)
-    rewards = fused_rollout(policy, initial_state(th, thdot), PendulumParams.default((32,)), 200).rewards
+    th, thdot = evaluation_states(32).unbind(-1)
+    rewards = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), PendulumParams.default((32,)), 200).rewards
     # to float tolerance: at 32 rows both run research.native's C loops, which sum the returns in a different order
     assert base["return_mean"] == pytest.approx(rewards.sum(-1).double().mean().item(), rel=1e-6, abs=0)
 
@@ -105,8 +105,8 @@ def test_wall_evaluation_states_are_the_same_physical_states():
     from research.envs.presets import get_physics
 
     wall = get_physics("wall")
-    th, thdot = evaluation_states(1000, physics=wall, dtype=torch.float64)
-    ref_th, ref_thdot = evaluation_states(1000, dtype=torch.float64)
+    th, thdot = evaluation_states(1000, physics=wall, dtype=torch.float64).unbind(-1)
+    ref_th, ref_thdot = evaluation_states(1000, dtype=torch.float64).unbind(-1)
     assert th.max() <= wall.fixed["wall_angle"] and torch.equal(thdot, ref_thdot)
     torch.testing.assert_close(torch.stack((th.cos(), th.sin())), torch.stack((ref_th.cos(), ref_th.sin())))
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from research.algos.bptt import env_rollout_rewards, horizon_loss
 import research.native as native_module
+from research.algos.bptt import env_rollout_rewards, horizon_loss
 from research.envs import PendulumEnv, PendulumParams, sample_initial_state, sample_params
 from research.policies import make_policy
 from research.rollout import discounted_sum, fused_rollout, initial_state
@@ -29,8 +29,8 @@ def test_fused_and_env_rollout_gradients_agree(dtype):
     params = sample_params((16,), {"g": (8.0, 12.0), "m": (0.8, 1.2)}, generator=gen, dtype=dtype)
     env = PendulumEnv(dtype=dtype, seed=0)
 
-    fused = fused_rollout(policy, initial_state(th, thdot), params, 50).rewards
-    through_env = env_rollout_rewards(env, policy, th, thdot, params, 50)
+    fused = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 50).rewards
+    through_env = env_rollout_rewards(env, policy, torch.stack((th, thdot), -1), params, 50)
     assert fused.shape == through_env.shape == (16, 50)
     torch.testing.assert_close(fused, through_env, rtol=0, atol=1e-10 if dtype == torch.float64 else 1e-5)
 
@@ -45,7 +45,7 @@ def test_truncation_resets_and_counts_steps():
     gen = torch.Generator().manual_seed(0)
     policy = make_policy([8], dtype=torch.float64)
     th, thdot = sample_initial_state((4,), gen, dtype=torch.float64)
-    start = initial_state(th, thdot, torch.tensor([0, 5, 8, 9]))
+    start = initial_state(torch.stack((th, thdot), -1), torch.tensor([0, 5, 8, 9]))
     params = PendulumParams.default((4,), dtype=torch.float64)
     out = fused_rollout(policy, start, params, 3, episode_length=10, generator=gen, keep_trajectory=True)
     # env 3 ends its episode after its 1st step, env 2 after its 2nd; the others keep going

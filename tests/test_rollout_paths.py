@@ -49,7 +49,7 @@ def _case(physics: Physics, batch: int = BATCH, horizon: int = HORIZON, seed: in
     policy = make_policy([8])
     gen = torch.Generator().manual_seed(seed + 1)
     params = physics.params((batch,), generator=gen)
-    th, thdot = physics.initial_state((batch,), generator=gen)
+    th, thdot = physics.initial_angles((batch,), generator=gen)
     noise = torch.randn((batch, horizon), generator=gen) if physics.features.noise else None
     return policy, th, thdot, params, noise
 
@@ -71,14 +71,14 @@ def _assert_grads_close(actual: list[torch.Tensor], expected: list[torch.Tensor]
 def test_simulate_agrees_with_the_eager_rollout(name):
     physics = PHYSICS[name]()
     policy, th, thdot, params, noise = _case(physics)
-    eager = fused_rollout(policy, initial_state(th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    eager = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, HORIZON, features=physics.features, noise=noise)
     assert eager.rewards.shape == (BATCH, HORIZON)
-    sim = simulate(policy, (th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    sim = simulate(policy, torch.stack((th, thdot), -1), params, HORIZON, features=physics.features, noise=noise)
     torch.testing.assert_close(sim.returns, eager.rewards.sum(-1).detach(), rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(sim.th, eager.state.th.detach(), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(sim.thdot, eager.state.thdot.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sim.state[..., 0], eager.state.state[..., 0].detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sim.state[..., 1], eager.state.state[..., 1].detach(), rtol=1e-6, atol=1e-6)
     # features read from the parameters (one host sync) and tiles smaller than the batch change nothing
-    tiled = simulate(policy, (th, thdot), params, HORIZON, noise=noise, tile=3)
+    tiled = simulate(policy, torch.stack((th, thdot), -1), params, HORIZON, noise=noise, tile=3)
     torch.testing.assert_close(tiled.returns, sim.returns, rtol=1e-6, atol=1e-5)
 
 
@@ -91,17 +91,17 @@ def test_simulate_through_onednn_agrees_with_the_eager_rollout_on_aten(name, mon
     physics = PHYSICS[name]()
     policy, th, thdot, params, noise = _case(physics)
     monkeypatch.setattr(linear_module, "ENABLED", False)
-    eager = fused_rollout(policy, initial_state(th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    eager = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, HORIZON, features=physics.features, noise=noise)
     monkeypatch.setattr(linear_module, "ENABLED", True)
     monkeypatch.setattr(linear_module, "MIN_MACS", 0)
     monkeypatch.setattr(linear_module, "MIN_ROWS_TANH", 1)
     calls = []
     onednn_linear = linear_module.onednn_linear
     monkeypatch.setattr(linear_module, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
-    sim = simulate(policy, (th, thdot), params, HORIZON, features=physics.features, noise=noise)
+    sim = simulate(policy, torch.stack((th, thdot), -1), params, HORIZON, features=physics.features, noise=noise)
     assert len(calls) == HORIZON  # the hidden layer of every step ran in oneDNN (the 8 -> 1 output never does)
     torch.testing.assert_close(sim.returns, eager.rewards.sum(-1).detach(), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(sim.th, eager.state.th.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sim.state[..., 0], eager.state.state[..., 0].detach(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(PHYSICS))
@@ -110,10 +110,10 @@ def test_simulate_sums_the_returns_as_the_rollout_does(name):
     physics = PHYSICS[name]()
     policy, th, thdot, params, noise = _case(physics, horizon=200)
     with torch.no_grad():
-        eager = fused_rollout(policy, initial_state(th, thdot), params, 200, features=physics.features, noise=noise)
-    sim = simulate(policy, (th, thdot), params, 200, features=physics.features, noise=noise)
+        eager = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 200, features=physics.features, noise=noise)
+    sim = simulate(policy, torch.stack((th, thdot), -1), params, 200, features=physics.features, noise=noise)
     assert torch.equal(sim.returns, eager.rewards.sum(-1))
-    assert torch.equal(sim.th, eager.state.th) and torch.equal(sim.thdot, eager.state.thdot)
+    assert torch.equal(sim.state[..., 0], eager.state.state[..., 0]) and torch.equal(sim.state[..., 1], eager.state.state[..., 1])
 
 
 @pytest.mark.parametrize("name", ["default", "noisy"])
@@ -124,13 +124,13 @@ def test_the_evaluator_agrees_with_the_eager_rollout_on_the_protocol(name):
     torch.manual_seed(0)
     policy = make_policy([64, 64])
     params = evaluation_params(physics)
-    th, thdot = evaluation_states(physics=physics, params=params)
+    th, thdot = evaluation_states(physics=physics, params=params).unbind(-1)
     noise = evaluation_noise(physics)
     assert (noise is not None) == (name == "noisy")
     with torch.no_grad():
-        eager = fused_rollout(policy, initial_state(th, thdot), params, 200, features=physics.features, noise=noise)
-    expected = summarize_returns(eager.rewards.sum(-1), is_upright(eager.state.th, eager.state.thdot, SUCCESS_ANGLE,
-                                                                   SUCCESS_SPEED), eager.state.th)
+        eager = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 200, features=physics.features, noise=noise)
+    expected = summarize_returns(eager.rewards.sum(-1), is_upright(eager.state.state[..., 0], eager.state.state[..., 1], SUCCESS_ANGLE,
+                                                                   SUCCESS_SPEED), eager.state.state[..., 0])
     result = evaluate_policy(policy, physics=physics)
     assert result.keys() == expected.keys() and result["episodes"] == 1000
     for key, value in expected.items():
@@ -143,12 +143,12 @@ def test_the_evaluator_agrees_with_the_eager_rollout_on_the_protocol(name):
 def test_compiled_rollout_agrees_with_eager_on_returns_and_gradients(name):
     physics = PHYSICS[name]()
     policy, th, thdot, params, noise = _case(physics)
-    start = initial_state(th, thdot)
+    start = initial_state(torch.stack((th, thdot), -1))
     eager = fused_rollout(policy, start, params, HORIZON, features=physics.features, noise=noise)
     compiled = fused_rollout(policy, start, params, HORIZON, features=physics.features, noise=noise, compile=True)
     assert compiled.rewards.shape == eager.rewards.shape == (BATCH, HORIZON)
     torch.testing.assert_close(compiled.rewards, eager.rewards, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(compiled.state.th, eager.state.th, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled.state.state[..., 0], eager.state.state[..., 0], rtol=1e-5, atol=1e-5)
     assert torch.equal(compiled.state.step_count, eager.state.step_count)
     _assert_grads_close(_grads(compiled.rewards.sum(-1), policy), _grads(eager.rewards.sum(-1), policy))
 
@@ -158,10 +158,10 @@ def test_compiled_rollout_agrees_with_eager_on_returns_and_gradients(name):
 def test_compiled_simulate_agrees_with_eager_paths(name):
     physics = PHYSICS[name]()
     policy, th, thdot, params, noise = _case(physics)
-    eager = fused_rollout(policy, initial_state(th, thdot), params, HORIZON, features=physics.features, noise=noise)
-    sim = simulate(policy, (th, thdot), params, HORIZON, features=physics.features, noise=noise)
-    compiled = simulate(policy, (th, thdot), params, HORIZON, features=physics.features, noise=noise, compile=True)
+    eager = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, HORIZON, features=physics.features, noise=noise)
+    sim = simulate(policy, torch.stack((th, thdot), -1), params, HORIZON, features=physics.features, noise=noise)
+    compiled = simulate(policy, torch.stack((th, thdot), -1), params, HORIZON, features=physics.features, noise=noise, compile=True)
     torch.testing.assert_close(compiled.returns, eager.rewards.sum(-1).detach(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(compiled.returns, sim.returns, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(compiled.th, sim.th, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(compiled.thdot, sim.thdot, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled.state[..., 0], sim.state[..., 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled.state[..., 1], sim.state[..., 1], rtol=1e-5, atol=1e-5)

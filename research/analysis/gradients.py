@@ -299,7 +299,7 @@ def first_order_gradients(policy: nn.Module, th: Tensor, thdot: Tensor, params: 
 
     Args:
         policy: ``observation [..., 3] -> mean action [..., 1]`` (e.g. a :class:`~research.policies.SquashedMLP`).
-        th, thdot: initial states ``[N]`` (with a wall, in its range: ``Physics.initial_state``).
+        th, thdot: initial states ``[N]`` (with a wall, in its range: ``Pendulum.initial_angles``).
         params: physical parameters, each ``[N]`` or broadcastable to it (or their ``step_constants``).
         horizon: number of steps ``H``.
         noise: standard-normal action-noise draws ``eps`` ``[N, H]``.
@@ -549,7 +549,7 @@ def draw_samples(physics: Physics, samples: int, horizon: int, generator: torch.
                  physics_generator: torch.Generator | None = None) -> StudySamples:
     """``samples`` independent samples of an ``horizon``-step rollout on ``physics``, all drawn at once (float64, CPU).
 
-    ``generator`` draws the initial states (``physics.initial_state``: Gymnasium's reset, represented in the wall's
+    ``generator`` draws the initial states (``physics.initial_angles``: Gymnasium's reset, represented in the wall's
     range when there is one) and then the action noise ``[N, H]``, exactly as on default physics; ``physics_generator``
     (default: ``generator`` itself) draws the preset's own randomness: first its per-episode parameters (one draw per
     sample, only for presets with ranges), then its torque noise ``[N, H]`` (only with torque noise). So a preset
@@ -557,7 +557,7 @@ def draw_samples(physics: Physics, samples: int, horizon: int, generator: torch.
     """
     extra = generator if physics_generator is None else physics_generator
     params = physics.params((samples,) if physics.ranges else (), extra, dtype=torch.float64)
-    th, thdot = physics.initial_state((samples,), generator, dtype=torch.float64, params=params)
+    th, thdot = physics.initial_angles((samples,), generator, dtype=torch.float64, params=params)
     noise = torch.randn((samples, horizon), generator=generator, dtype=torch.float64)
     torque_noise = (torch.randn((samples, horizon), generator=extra, dtype=torch.float64) if physics.features.noise
                     else None)

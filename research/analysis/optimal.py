@@ -582,9 +582,9 @@ def evaluation_setup(physics: Any, num_episodes: int = EVAL_EPISODES, device: to
     parameters ``[N]`` and the fixed standard-normal torque noise ``[N, H]`` (``None`` without noise)."""
     physics = resolve_physics(physics)
     params = evaluation_params(physics, num_episodes, device=device, dtype=dtype)
-    th, thdot = evaluation_states(num_episodes, device=device, dtype=dtype, physics=physics, params=params)
+    th, thdot = evaluation_states(num_episodes, device=device, dtype=dtype, physics=physics, params=params).unbind(-1)
     noise = evaluation_noise(physics, num_episodes, EVAL_HORIZON, device=device, dtype=dtype)
-    return th, thdot, params, noise
+    return th, thdot, params, None if noise is None else noise[..., 0]
 
 
 def zero_torque_return(physics: Any = "default", num_episodes: int = EVAL_EPISODES) -> dict[str, float]:

@@ -120,6 +120,11 @@ class PendulumEnv(EnvBase):
             seed = int(torch.empty((), dtype=torch.int64).random_().item())
         self.set_seed(seed)
 
+    @property
+    def system(self) -> Physics:
+        """The pendulum system this environment steps (its physics variant, with ``param_ranges`` on top)."""
+        return self.physics
+
     # ------------------------------------------------------------------ parameters
     def gen_params(self, batch_size: Sequence[int] | None = None, **values: float) -> TensorDict:
         """A tensordict ``{"params": {...}}`` of batch shape ``batch_size``.

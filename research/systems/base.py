@@ -186,6 +186,8 @@ class System:
     action_bound: ClassVar[str] = ""
     #: Standard-normal draws the step needs per environment and step when its noise term is on (0: none).
     noise_dim: ClassVar[int] = 0
+    #: The parameter that scales the noise (named in errors).
+    noise_param: ClassVar[str] = ""
     #: Whether :mod:`research.native`'s generated C loop implements this system's step (when its features are off).
     native: ClassVar[bool] = False
 
@@ -406,9 +408,9 @@ class System:
                 raise ValueError(f"noise must have shape [*B, H] = {shown}, got {list(noise.shape)}")
             return noise
         if generator is None:
-            raise ValueError(
-                "generator (or noise_generator, or noise) is required when the physics has noise: the rollout draws "
-                "its noise from it; got None")
+            when = f"{self.noise_param} > 0" if self.noise_param else "the physics has noise"
+            raise ValueError(f"generator (or noise_generator, or noise) is required when {when}: the rollout draws "
+                             "its noise from it; got None")
         return torch.randn(expected, generator=generator, device=like.device, dtype=like.dtype)
 
     def draw(self, state: Tensor, action: Tensor | None = None, size: int = 256) -> Any:

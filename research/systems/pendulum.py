@@ -495,6 +495,7 @@ class Pendulum(System):
     horizon: ClassVar[int] = 200
     action_bound: ClassVar[str] = "max_torque"
     noise_dim: ClassVar[int] = 1
+    noise_param: ClassVar[str] = "torque_noise"
     native: ClassVar[bool] = True
     #: :meth:`is_success`: within this angle of upright (rad) and slower than this speed (rad/s) at the end.
     success_angle: ClassVar[float] = 0.5

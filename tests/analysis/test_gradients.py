@@ -371,7 +371,7 @@ def _mean_return(policy, physics, th, thdot, noise, sigma, torque_noise=None):
     steps = iter(range(noise.shape[1]))
     noisy_policy = lambda obs: policy(obs) + sigma * noise[:, next(steps), None]  # noqa: E731
     params = physics.params((), dtype=DTYPE)
-    return fused_rollout(noisy_policy, initial_state(th, thdot), params, noise.shape[1], features=physics.features,
+    return fused_rollout(noisy_policy, initial_state(torch.stack((th, thdot), -1)), params, noise.shape[1], features=physics.features,
                          noise=torque_noise).rewards.sum(-1).mean()
 
 
@@ -404,7 +404,7 @@ def test_two_preset_study_rows_and_first_order_against_autograd_and_finite_diffe
         torch.manual_seed(config.seed)  # the study's random policy: its seed, squashed to the preset's max torque
         policy = make_policy([8, 8], "tanh", physics.max_torque, dtype=DTYPE)
         generator = sample_generator(config.seed, "random", horizon, "first_order")
-        th, thdot = physics.initial_state((8,), generator, dtype=DTYPE)
+        th, thdot = physics.initial_angles((8,), generator, dtype=DTYPE)
         noise = torch.randn((8, horizon), generator=generator, dtype=DTYPE)
         torque_noise = (torch.randn((8, horizon), generator=physics_generator(config.seed, name, "random", horizon,
                                                                               "first_order"), dtype=DTYPE)

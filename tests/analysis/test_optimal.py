@@ -123,7 +123,7 @@ def test_tables_have_the_grid_shape(coarse):
 
 
 def test_greedy_rollout_is_its_reported_return_and_the_evaluators(coarse):
-    th, thdot = evaluation_states(EPISODES)
+    th, thdot = evaluation_states(EPISODES).unbind(-1)
     returns = coarse.rollout(th, thdot)
     stats = evaluate_solution(coarse, EPISODES)
     assert returns.shape == (EPISODES,)
@@ -148,7 +148,7 @@ def test_dp_beats_simple_controllers_on_the_same_states(coarse):
 
 
 def test_refining_the_grid_improves_the_return(coarse):
-    th, thdot = evaluation_states(EPISODES)
+    th, thdot = evaluation_states(EPISODES).unbind(-1)
     coarser = solve_optimal("default", grid=(25, 25), actions=11).rollout(th, thdot).mean().item()
     finer = solve_optimal("default", grid=(101, 101), actions=11).rollout(th, thdot).mean().item()
     mid = coarse.rollout(th, thdot).mean().item()
@@ -162,14 +162,14 @@ def test_checkpointed_tables_are_recomputed_bit_for_bit(coarse):
     for t in (0, 13, 14, 15, 57, 199, 200, 3):
         assert torch.equal(checkpointed.value(t), coarse.value(t))
     assert torch.equal(checkpointed.torque(150), coarse.torque(150))
-    th, thdot = evaluation_states(50)
+    th, thdot = evaluation_states(50).unbind(-1)
     assert torch.equal(checkpointed.rollout(th, thdot), coarse.rollout(th, thdot))
     automatic = solve_optimal("default", grid=(51, 51), actions=11, memory_mb=0.1)
     assert automatic.checkpoint_every == 15
 
 
 def test_refined_torques_never_lower_the_greedy_q(coarse):
-    th, thdot = evaluation_states(64)
+    th, thdot = evaluation_states(64).unbind(-1)
     plain, refined = coarse.greedy(10, th, thdot), coarse.greedy(10, th, thdot, refine=2)
     q = lambda u: coarse.q_values(10, th, thdot, u[:, None])[:, 0]  # noqa: E731
     assert (q(refined) >= q(plain) - 1e-5).all()
@@ -267,7 +267,7 @@ def test_cuda_solve_matches_the_cpu():
     cpu = solve_optimal("default", grid=(51, 51), actions=11)
     gpu = solve_optimal("default", grid=(51, 51), actions=11, device="cuda")
     torch.testing.assert_close(gpu.value(0).cpu(), cpu.value(0), atol=1e-2, rtol=1e-5)
-    th, thdot = evaluation_states(EPISODES, device="cuda")
+    th, thdot = evaluation_states(EPISODES, device="cuda").unbind(-1)
     assert gpu.rollout(th, thdot).mean().item() == pytest.approx(
         cpu.rollout(th.cpu(), thdot.cpu()).mean().item(), abs=0.5)
     assert angle_normalize(gpu.th_grid).device.type == "cuda"

@@ -71,7 +71,7 @@ def test_fused(measure, smoke, batch, device, mode):
 
     def iteration(horizon: int) -> torch.Tensor:
         th, thdot = sample_initial_state((batch,), gen, device)
-        rewards = fused_rollout(policy, initial_state(th, thdot), params, horizon, compile=compile,
+        rewards = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, horizon, compile=compile,
                                 native=use_native).rewards
         loss = -rewards.mean()
         _update(loss, policy, optimizer)

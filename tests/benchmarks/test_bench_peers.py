@@ -135,7 +135,7 @@ def test_gymnax_simulate(measure, smoke, benchmark, batch):
                          case="gymnax", batch=batch, horizon=horizon, device="cpu", env_steps=batch * horizon,
                          rounds=3 if batch * horizon >= 1_000_000 else 10)
     # the same physics and policy from the same states: the same returns as ours (float32 rounding only)
-    ours = simulate(policy, (th, thdot), PendulumParams.default((batch,)), horizon).returns
+    ours = simulate(policy, torch.stack((th, thdot), -1), PendulumParams.default((batch,)), horizon).returns
     np.testing.assert_allclose(np.asarray(returns), ours.numpy(), rtol=1e-3, atol=1e-2 * horizon)
 
 

@@ -57,7 +57,7 @@ def test_fused(measure, smoke, batch, device, mode):
     params = PendulumParams.default((batch,), device=device)
     use_native = mode == "native"
     case = {"eager": "fused", "compiled": "fused-compiled", "native": "native"}[mode]
-    result = measure(lambda: simulate(policy, (th, thdot), params, horizon, compile=compile, native=use_native),
+    result = measure(lambda: simulate(policy, torch.stack((th, thdot), -1), params, horizon, compile=compile, native=use_native),
                      question="simulate", case=case, batch=batch,
                      horizon=horizon, device=device, env_steps=batch * horizon, rounds=_rounds(batch, horizon))
     assert result.returns.shape == (batch,) and torch.isfinite(result.returns).all()

@@ -100,9 +100,9 @@ def test_default_rollouts_are_todays_rollouts_bit_for_bit():
             action = policy(torch.stack((s_th.cos(), s_th.sin(), s_thdot), dim=-1)).squeeze(-1)
             s_th, s_thdot, reward = gymnasium_step(s_th, s_thdot, action, params)
             rewards.append(reward)
-        out = fused_rollout(policy, initial_state(th, thdot), params, 30, native=False)  # the torch loop
+        out = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 30, native=False)  # the torch loop
     assert torch.equal(out.rewards, torch.stack(rewards, dim=-1))
-    assert torch.equal(out.state.th, s_th) and torch.equal(out.state.thdot, s_thdot)
+    assert torch.equal(out.state.state[..., 0], s_th) and torch.equal(out.state.state[..., 1], s_thdot)
 
 
 def test_features_are_read_from_values_or_python_floats():
@@ -351,17 +351,17 @@ def test_rollout_noise_comes_from_the_generator_and_is_required():
     th, thdot = sample_initial_state((16,), torch.Generator().manual_seed(0))
     th = to_wall_range(th, PHI)
     with pytest.raises(ValueError, match="generator .* is required when torque_noise > 0"):
-        fused_rollout(policy, initial_state(th, thdot), params, 5)
-    runs = [fused_rollout(policy, initial_state(th, thdot), params, 20, generator=torch.Generator().manual_seed(s))
+        fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 5)
+    runs = [fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 20, generator=torch.Generator().manual_seed(s))
             for s in (3, 3, 4)]
     assert torch.equal(runs[0].rewards, runs[1].rewards) and not torch.equal(runs[0].rewards, runs[2].rewards)
     noise = torch.randn((16, 20), generator=torch.Generator().manual_seed(3))
-    given = fused_rollout(policy, initial_state(th, thdot), params, 20, noise=noise)
+    given = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 20, noise=noise)
     assert torch.equal(given.rewards, runs[0].rewards)  # the block is drawn at the start, [*B, H]
     with pytest.raises(ValueError, match=r"noise must have shape \[\*B, H\] = \[16, 20\]"):
-        fused_rollout(policy, initial_state(th, thdot), params, 20, noise=noise[:, :5])
+        fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 20, noise=noise[:, :5])
     with torch.no_grad():
-        sim = simulate(policy, (th, thdot), params, 20, noise=noise, tile=5)
+        sim = simulate(policy, torch.stack((th, thdot), -1), params, 20, noise=noise, tile=5)
     torch.testing.assert_close(sim.returns, given.rewards.sum(-1).detach(), rtol=1e-5, atol=1e-4)
 
 
@@ -370,12 +370,12 @@ def test_resets_inside_a_rollout_are_represented_in_the_wall_range():
     params = PendulumParams.default((256,), dtype=F64, wall_angle=PHI, wall_restitution=0.5)
     gen = torch.Generator().manual_seed(0)
     th, thdot = sample_initial_state((256,), gen, dtype=F64)
-    start = initial_state(to_wall_range(th, PHI), thdot)
+    start = initial_state(torch.stack((to_wall_range(th, PHI), thdot), -1))
     out = fused_rollout(policy, start, params, 12, episode_length=3, generator=gen, keep_trajectory=True)
     assert out.truncated.any()
     seen = torch.atan2(out.observations[..., 1], out.observations[..., 0])  # observations agree with any representation
     assert torch.isfinite(seen).all()
-    assert out.state.th.min() >= PHI - 2 * math.pi and out.state.th.max() <= PHI
+    assert out.state.state[..., 0].min() >= PHI - 2 * math.pi and out.state.state[..., 0].max() <= PHI
 
 
 def test_preset_features_skip_the_host_sync_and_give_the_same_rollout():
@@ -383,7 +383,7 @@ def test_preset_features_skip_the_host_sync_and_give_the_same_rollout():
     policy = make_policy([8])
     params = _knob_params(8)
     th, thdot = sample_initial_state((8,), torch.Generator().manual_seed(0))
-    start = initial_state(to_wall_range(th, PHI), thdot)
+    start = initial_state(torch.stack((to_wall_range(th, PHI), thdot), -1))
     derived = fused_rollout(policy, start, params, 10, generator=torch.Generator().manual_seed(1))
     given = fused_rollout(policy, start, params, 10, generator=torch.Generator().manual_seed(1),
                           features=physics_features(params) | PhysicsFeatures(soft_wall=True))
@@ -398,12 +398,12 @@ def test_compiled_rollout_and_simulate_agree_with_eager_on_the_knobs():
     th, thdot = sample_initial_state((8,), torch.Generator().manual_seed(0))
     th = to_wall_range(th, PHI)
     noise = torch.randn((8, 12), generator=torch.Generator().manual_seed(2))
-    eager = fused_rollout(policy, initial_state(th, thdot), params, 12, noise=noise)
-    compiled = fused_rollout(policy, initial_state(th, thdot), params, 12, noise=noise, compile=True)
+    eager = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 12, noise=noise)
+    compiled = fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 12, noise=noise, compile=True)
     torch.testing.assert_close(compiled.rewards, eager.rewards, rtol=1e-4, atol=1e-4)
     grads = [torch.autograd.grad(r.rewards.sum(), list(policy.parameters())) for r in (eager, compiled)]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
     with torch.no_grad():
-        sim = simulate(policy, (th, thdot), params, 12, noise=noise, compile=True)
+        sim = simulate(policy, torch.stack((th, thdot), -1), params, 12, noise=noise, compile=True)
     torch.testing.assert_close(sim.returns, eager.rewards.sum(-1).detach(), rtol=1e-4, atol=1e-3)

@@ -38,7 +38,7 @@ def test_every_preset_builds_params_and_states_its_features_cover(name):
     params = physics.params((5, 4), generator=gen)
     assert isinstance(params, PendulumParams)
     assert all(p.shape == (5, 4) and p.dtype == torch.float32 for p in params)
-    th, thdot = physics.initial_state((5, 4), generator=gen, dtype=torch.float64)
+    th, thdot = physics.initial_angles((5, 4), generator=gen, dtype=torch.float64)
     assert th.shape == thdot.shape == (5, 4) and th.dtype == torch.float64
     needed = physics_features(params)
     assert physics.features | needed == physics.features  # the static features cover every draw
@@ -99,13 +99,13 @@ def test_bad_values_are_errors_naming_the_field(overrides, ranges, match):
 def test_initial_state_is_gymnasiums_reset_in_the_wall_range():
     wall = get_physics("wall")
     phi = wall.fixed["wall_angle"]
-    th, thdot = wall.initial_state((2000,), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    th, thdot = wall.initial_angles((2000,), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ref_th, ref_thdot = sample_initial_state((2000,), torch.Generator().manual_seed(0), dtype=torch.float64)
     assert th.min() >= phi - 2 * math.pi and th.max() <= phi and (th < -math.pi).any()
     torch.testing.assert_close(th.cos(), ref_th.cos())
     torch.testing.assert_close(th.sin(), ref_th.sin())
     assert torch.equal(thdot, ref_thdot)
-    default_th, _ = get_physics("default").initial_state((2000,), generator=torch.Generator().manual_seed(0),
+    default_th, _ = get_physics("default").initial_angles((2000,), generator=torch.Generator().manual_seed(0),
                                                           dtype=torch.float64)
     assert torch.equal(default_th, ref_th)
 
@@ -114,9 +114,9 @@ def test_drawn_wall_angle_needs_the_params_for_the_initial_state():
     physics = get_physics("wall", ranges={"wall_angle": (0.5, 1.0)})
     gen = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="pass params= to initial_state"):
-        physics.initial_state((4,), generator=gen)
+        physics.initial_angles((4,), generator=gen)
     params = physics.params((64,), generator=gen)
-    th, _ = physics.initial_state((64,), generator=gen, params=params)
+    th, _ = physics.initial_angles((64,), generator=gen, params=params)
     assert (th <= params.wall_angle).all() and (th >= params.wall_angle - 2 * math.pi).all()
 
 
@@ -136,9 +136,9 @@ def test_each_preset_moves_a_simple_controllers_return():
     def mean_return(physics: Physics) -> float:
         gen = torch.Generator().manual_seed(5)
         params = physics.params((200,), generator=gen, dtype=torch.float64)
-        th, thdot = physics.initial_state((200,), generator=gen, dtype=torch.float64)
+        th, thdot = physics.initial_angles((200,), generator=gen, dtype=torch.float64)
         with torch.no_grad():
-            out = fused_rollout(controller(physics.max_torque), initial_state(th, thdot), params, 200,
+            out = fused_rollout(controller(physics.max_torque), initial_state(torch.stack((th, thdot), -1)), params, 200,
                                 features=physics.features, generator=gen)
         return out.rewards.sum(-1).mean().item()
 
