@@ -269,17 +269,38 @@ class ExperimentConfig:
     algos: list[str] = field(default_factory=list)
     """Algorithms to run (each needs its own table); empty = every algorithm table in the file."""
     physics: list[str] = field(default_factory=list)
-    """Physics presets (:data:`research.envs.presets.PRESETS`) crossed with every algorithm and seed: each run trains
-    and is scored on its preset (``env.physics``; ``eval.physics`` follows it) and lives in
-    ``<experiment>/<physics>/<algo>/seed_<k>``. Empty: one preset per algorithm, its table's ``env.physics``, and
-    runs in ``<experiment>/<algo>/seed_<k>``."""
+    """Systems and physics presets crossed with every algorithm and seed: a pendulum preset
+    (:data:`research.envs.presets.PRESETS`: default, wall, ...), a system at its default physics (cartpole, acrobot)
+    or a system's preset as 'system:preset' (cartpole:heavy_pole). Each run trains and is scored on it (``env.system``
+    and ``env.physics``; ``eval.physics`` follows) and lives in ``<experiment>/<entry>/<algo>/seed_<k>`` (':' written
+    '-'). Empty: one physics per algorithm, its table's ``env``, and runs in ``<experiment>/<algo>/seed_<k>``."""
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.physics if name not in PRESETS]
+        unknown = []
+        for entry in self.physics:
+            try:
+                physics_entry(entry)
+            except ConfigError:
+                unknown.append(entry)
         if unknown:
-            raise ConfigError(f"experiment.physics must list presets from {list(PRESETS)}, got unknown {unknown}")
+            raise ConfigError(f"experiment.physics must list pendulum presets from {list(PRESETS)}, systems from "
+                              f"{list(SYSTEMS)} or 'system:preset', got unknown {unknown}")
         if len(set(self.physics)) != len(self.physics):
             raise ConfigError(f"experiment.physics must not repeat a preset, got {self.physics}")
+
+
+def physics_entry(entry: str) -> tuple[str, str, str]:
+    """``(system, preset, directory)`` of an ``experiment.physics`` entry: ``"wall"`` (a pendulum preset) ->
+    ``("pendulum", "wall", "wall")``, ``"cartpole"`` -> ``("cartpole", "default", "cartpole")``,
+    ``"cartpole:heavy_pole"`` -> ``("cartpole", "heavy_pole", "cartpole-heavy_pole")``."""
+    system, _, preset = entry.partition(":")
+    if not preset:
+        if entry in PRESETS:
+            return "pendulum", entry, entry
+        system, preset = entry, "default"
+    if system not in SYSTEMS or preset not in SYSTEMS[system].PRESETS:
+        raise ConfigError(f"unknown physics entry {entry!r}")
+    return system, preset, entry.replace(":", "-")
 
 
 # ---------------------------------------------------------------------------------------------- parsing

@@ -70,6 +70,7 @@ from research.config import (
     from_dict,
     load_toml,
     parse_override,
+    physics_entry,
 )
 from research.rundir import (
     FAILURE,
@@ -189,16 +190,21 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
     for physics in settings.physics or [None]:
         for algo in algos:
             table = data.get(algo, {})
-            if physics and "physics" in table.get("env", {}):
-                raise ConfigError(f"{path}: [{algo}.env] sets physics while experiment.physics crosses presets; "
-                                  "remove one of them")
-            extra = [f"env.physics={json.dumps(physics)}"] if physics else []
+            if physics and {"physics", "system"} & set(table.get("env", {})):
+                raise ConfigError(f"{path}: [{algo}.env] sets physics or system while experiment.physics crosses "
+                                  "them; remove one of them")
+            extra = []
+            if physics:
+                system, preset, _ = physics_entry(physics)
+                extra = [f"env.physics={json.dumps(preset)}"]
+                extra += [f"env.system={json.dumps(system)}"] if system != "pendulum" else []
             for seed in settings.seeds:
                 try:
                     config = resolve_config(algo, table, seed, overrides + per_algo.get(algo, []) + extra)
                 except ImportError as err:
                     raise ConfigError(f"algorithm {algo!r} is registered but cannot be imported: {err}") from None
-                runs.append(PlannedRun(algo, seed, config, run_dir(results, path.stem, algo, seed, physics),
+                folder = physics_entry(physics)[2] if physics else None
+                runs.append(PlannedRun(algo, seed, config, run_dir(results, path.stem, algo, seed, folder),
                                        config_hash(config), physics))
     return ExperimentPlan(path.stem, path, settings, Path(results) / path.stem, runs, given)
 

@@ -41,8 +41,13 @@ class Run:
 
     @property
     def physics(self) -> str:
-        """The preset the run trained on (``config.env.physics``; ``default`` when the config has none)."""
-        return str((self.config.get("config", {}).get("env") or {}).get("physics") or "default")
+        """The system and preset the run trained on: the pendulum's preset (``config.env.physics``; ``default`` when
+        the config has none), or ``<system>`` / ``<system>-<preset>`` for another system."""
+        env = self.config.get("config", {}).get("env") or {}
+        preset, system = str(env.get("physics") or "default"), str(env.get("system") or "pendulum")
+        if system == "pendulum":
+            return preset
+        return system if preset == "default" else f"{system}-{preset}"
 
     @property
     def final_return(self) -> float:
