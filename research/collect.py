@@ -8,10 +8,10 @@ batch once, with the keys and layout the Collector gives (``[num_envs, frames_pe
 ``("next", ...)`` entries, ``done = truncated`` at the episode's end, ``terminated`` always ``False`` and the
 ``episode_reward`` of :class:`~torchrl.envs.RewardSum`).
 
-Actions: uniformly random over the torque range for the first ``warmup_frames`` transitions (the Collector's
-``init_random_frames``), then ``explore(observation [N, 3], generator) -> action [N, 1]``. Every draw (resets, parameters,
-torque noise, random actions, and the exploration noise ``explore`` draws from ``generator``) comes from the
-collector's own generator, seeded by ``seed``.
+Actions: uniformly random over the action range for the first ``warmup_frames`` transitions (the Collector's
+``init_random_frames``), then ``explore(observation [N, obs_dim], generator) -> action [N, action_dim]``. Every draw
+(resets, parameters, physics noise, random actions, and the exploration noise ``explore`` draws from ``generator``)
+comes from the collector's own generator, seeded by ``seed``.
 """
 
 from __future__ import annotations

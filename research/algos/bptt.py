@@ -5,9 +5,9 @@ The chain, one iteration: start states -> roll the policy through the physics fo
 
 Two modes:
 
-- full horizon (``window = 0``): every iteration resets ``num_envs`` pendulums from Gymnasium's reset distribution
+- full horizon (``window = 0``): every iteration resets ``num_envs`` systems from the system's reset distribution
   and rolls out ``horizon`` steps (the TorchRL pendulum tutorial's loop);
-- truncated (``window = K > 0``): the pendulums keep running between updates; each update rolls ``K`` steps from
+- truncated (``window = K > 0``): the systems keep running between updates; each update rolls ``K`` steps from
   where the last stopped (gradients cut at the window's start), episodes are reset every ``env.episode_length``
   steps with staggered starts so updates always see every phase of an episode.
 
@@ -125,7 +125,7 @@ def env_rollout_rewards(env: PendulumEnv, policy: SquashedMLP, state: Tensor, pa
 
 
 class BPTT:
-    """BPTT's state (policy, optimizer, schedule, carried pendulums) and its step, run by :func:`research.harness.train`."""
+    """BPTT's state (policy, optimizer, schedule, carried systems) and its step, run by :func:`research.harness.train`."""
 
     def __init__(self, config: BPTTConfig, run: RunContext) -> None:
         self.config, self.run = config, run

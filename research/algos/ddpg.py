@@ -53,7 +53,8 @@ class DDPGConfig(OffPolicyConfig):
     noise: Literal["gaussian", "ou"] = "gaussian"
     """Exploration noise: TorchRL's AdditiveGaussianModule or OrnsteinUhlenbeckProcessModule."""
     noise_std: float = 0.1
-    """Gaussian std (or OU sigma) as a fraction of max_torque, as in SB3, which adds it to actions scaled to [-1, 1]."""
+    """Gaussian std (or OU sigma) as a fraction of the action bound (the pendulum's max_torque), as in SB3, which adds
+    it to actions scaled to [-1, 1]."""
     ou_theta: float = 0.15
     """Mean-reversion rate of the Ornstein-Uhlenbeck noise (time step 0.01, TorchRL's and SB3's default)."""
 
@@ -65,7 +66,7 @@ class DDPGConfig(OffPolicyConfig):
 
 
 def make_exploration(config: DDPGConfig, env: EnvBase, device: torch.device) -> nn.Module:
-    """TorchRL's exploration module, constant noise of ``noise_std * max_torque`` (no annealing)."""
+    """TorchRL's exploration module, constant noise of ``noise_std * max_action`` (no annealing)."""
     spec = env.action_spec_unbatched.to(device)
     scale = config.noise_std * float(spec.space.high.max())
     if config.noise == "ou":
@@ -75,18 +76,18 @@ def make_exploration(config: DDPGConfig, env: EnvBase, device: torch.device) -> 
                                   device=device)
 
 
-def gaussian_explore(policy: nn.Module, config: DDPGConfig, max_torque: float) -> Explore | None:
+def gaussian_explore(policy: nn.Module, config: DDPGConfig, max_action: float) -> Explore | None:
     """The tensor twin of :func:`make_exploration` for :class:`research.collect.SimulatorCollector`: ``policy(obs)``
-    plus ``noise_std * max_torque`` Gaussian noise, clipped to the torque range (``None`` for OU noise, which keeps
+    plus ``noise_std * max_action`` Gaussian noise, clipped to the action range (``None`` for OU noise, which keeps
     per-env state: that runs through TorchRL's collector)."""
     if config.noise != "gaussian":
         return None
-    scale = config.noise_std * max_torque
+    scale = config.noise_std * max_action
 
     def explore(observation: Tensor, generator: torch.Generator) -> Tensor:
         action = policy(observation)
         noise = torch.randn(action.shape, generator=generator, device=action.device, dtype=action.dtype)
-        return (action + scale * noise).clamp(-max_torque, max_torque)
+        return (action + scale * noise).clamp(-max_action, max_action)
 
     return explore
 
