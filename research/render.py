@@ -15,6 +15,14 @@ files: ``hanging`` (the evaluation start nearest to hanging straight down at res
 differ most between the methods shown) and ``typical`` (the start whose mean return over the methods is the median
 one). ``media/index.json`` records which start, seed and return each animation shows.
 
+**Any system** (:mod:`research.systems`: the cart-pole, the acrobot, ...) has its own path, drawn with the system's
+``draw(state, action, size)``: :func:`render_system` rolls policies and/or the system's ``reference_controller``
+from chosen evaluation starts (default: the first controller's best, median and worst of the first 100) and writes
+one GIF of the panels side by side in real time (at most 25 frames per second)::
+
+    python -m research.render --system cartpole --controller reference --out docs/media/cartpole_reference.gif
+    python -m research.render --system acrobot --policy results/x/bptt/seed_0/policy.pt --starts 0 5 --out a.gif
+
 Nothing here imports matplotlib. :func:`pendulum_frame` is also what ``PendulumEnv(render_mode="rgb_array")`` draws.
 """
 
@@ -27,7 +35,7 @@ import math
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +49,10 @@ except ImportError as error:  # pillow comes with matplotlib (the plots extra) o
     raise ImportError("research.render draws with pillow: pip install pillow (or the package's plots extra)") from error
 
 from research.envs.physics import DT, MAX_TORQUE, PendulumParams, angle_normalize
-from research.evaluation import EVAL_HORIZON, evaluation_states
+from research.evaluation import EVAL_EPISODES, EVAL_HORIZON, evaluation_states
 from research.policies import load_policy
 from research.rollout import fused_rollout, initial_state, simulate
+from research.systems.base import System
 
 FPS = round(1.0 / DT)
 """Frames per second of every animation: one frame per simulator step (``dt = 0.05`` s)."""
@@ -446,6 +455,214 @@ def save_mp4(frames: Sequence[Image.Image], path: str | Path, fps: int = FPS, ff
     return path
 
 
+# ---------------------------------------------------------------------------------------------------- any system
+SYSTEM_PANEL = 160
+"""Pixels per panel in the animations of :func:`render_system`."""
+SYSTEM_COLUMNS = 4
+"""Panels per row of :func:`system_frames`."""
+SYSTEM_FRAME_S = 0.04
+"""The shortest simulated time between two frames of :func:`render_system` by default (25 frames per second)."""
+
+
+@dataclass
+class SystemController:
+    """A controller of any :class:`~research.systems.System` for :func:`render_system`: ``act`` maps states
+    ``[N, state_dim]`` to actions ``[N, action_dim]`` (a policy composed with ``system.observe``, or a hand-made
+    controller of the state)."""
+
+    name: str
+    color: str
+    act: Callable[[Tensor], Tensor]
+
+
+def policy_controller(system: System, policy: Callable[[Tensor], Tensor], name: str = "policy",
+                      color: str = PALETTE[0]) -> SystemController:
+    """``policy`` (``observation [N, obs_dim] -> action [N, action_dim]``, e.g. :func:`research.load_policy`) on
+    ``system``'s observation of the state, its output cast to the state's dtype."""
+    parameter = next(iter(policy.parameters()), None) if isinstance(policy, torch.nn.Module) else None
+
+    def act(state: Tensor) -> Tensor:
+        obs = system.observe(state)
+        return policy(obs if parameter is None else obs.to(parameter.dtype)).to(state.dtype)
+
+    return SystemController(name, color, act)
+
+
+def reference_controller(system: System, color: str = OPTIMAL_COLOR) -> SystemController | None:
+    """The system's hand-made controller, the ``reference_controller(system, state)`` function of the module that
+    defines its class (the cart-pole's energy pump with an LQR catch, the acrobot's), or ``None`` when it has none."""
+    module = importlib.import_module(type(system).__module__)
+    function = getattr(module, "reference_controller", None)
+    if not callable(function):
+        return None
+    return SystemController("reference", color, lambda state: function(system, state))
+
+
+def system_time_step(system: System) -> float | None:
+    """The simulated seconds per step (the ``tau`` or ``dt`` parameter), or ``None`` when the system has neither."""
+    values = system.defaults()
+    for name in ("tau", "dt"):
+        if name in values:
+            return float(values[name])
+    return None
+
+
+@torch.no_grad()
+def system_trajectories(system: System, controller: SystemController, state: Tensor, steps: int
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """Rolls ``controller`` from ``state [N, state_dim]`` for ``steps`` steps of ``system.step`` (its fixed physics).
+
+    Returns ``(states [N, T + 1, state_dim], actions [N, T, action_dim], rewards [N, T])``, the actions clipped to
+    the system's action bound as the step applies them.
+    """
+    constants = system.constants(like=state)
+    bound = system.max_action
+    states, actions, rewards = [state], [], []
+    for _ in range(steps):
+        action = controller.act(state).clamp(-bound, bound)
+        state, reward = system.step(state, action, constants)
+        states.append(state)
+        actions.append(action)
+        rewards.append(reward)
+    return torch.stack(states, -2), torch.stack(actions, -2), torch.stack(rewards, -1)
+
+
+def _as_image(picture) -> Image.Image:
+    """A system's picture (a PIL image, or an ``[H, W, 3]`` array as the pendulum's) as an RGB PIL image."""
+    return picture.convert("RGB") if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture))
+
+
+def system_frames(system: System, rows: Sequence[tuple[str, str, Tensor, Tensor, Tensor]], every: int = 1,
+                  panel: int = SYSTEM_PANEL, title: str = "", dt: float | None = None) -> list[Image.Image]:
+    """The frames of a side-by-side animation of ``system.draw``: one panel per ``(label, color, states [T + 1, D],
+    actions [T, A], rewards [T])``, at most :data:`SYSTEM_COLUMNS` per row, every ``every``-th state (the last one
+    always). Under each picture its label, the first action component (with a gauge of it against the action bound)
+    and the running return."""
+    steps = rows[0][3].shape[0]
+    indices = list(range(0, steps + 1, every))
+    if indices[-1] != steps:
+        indices.append(steps)
+    columns = min(len(rows), SYSTEM_COLUMNS)
+    lines = math.ceil(len(rows) / columns)
+    head, label_h, text_h, foot = (18 if title else 0), 16, 30, 18
+    cell_h = label_h + panel + text_h
+    width, height = columns * panel, head + lines * cell_h + foot
+    big, small = _font(12), _font(11)
+    bound = system.max_action
+    unit = system.action_names[0] if system.action_names else "action"
+    returns = [np.concatenate([[0.0], np.cumsum(r.double().numpy())]) for *_, r in rows]
+    images = []
+    for i in indices:
+        image = Image.new("RGB", (width, height), "white")
+        draw = ImageDraw.Draw(image)
+        if title:
+            draw.text((6, 3), title, fill=(40, 40, 40), font=small)
+        for k, (label, color, states, actions, _) in enumerate(rows):
+            x0, y0 = (k % columns) * panel, head + (k // columns) * cell_h
+            action = actions[i] if i < steps else None
+            image.paste(_as_image(system.draw(states[i], action, panel)).resize((panel, panel)), (x0, y0 + label_h))
+            draw.text((x0 + 4, y0 + 2), label, fill=_rgb(color), font=big)
+            u = float(action[0]) if action is not None else 0.0
+            y = y0 + label_h + panel
+            _gauge(draw, x0 + 8, y + 2, panel - 16, 6, u / bound, _rgb(color))
+            draw.text((x0 + 6, y + 11), f"{unit} {u:+.2f}  return {returns[k][i]:.1f}", fill=(40, 40, 40), font=small)
+        clock = f"t = {i * dt:5.2f} s, " if dt is not None else ""
+        draw.text((6, height - 16), f"{clock}step {i}/{steps}", fill=(60, 60, 60), font=small)
+        images.append(image)
+    return images
+
+
+def choose_system_starts(system: System, controller: SystemController, count: int = 3, pool: int = 100,
+                         steps: int | None = None) -> dict[str, int]:
+    """Evaluation starts that show ``controller`` at its best, typical and worst: ``{"best": i, "median": j,
+    "worst": k}`` (the first ``count`` of them), by its ``steps``-step return (default: the system's horizon) from
+    each of the first ``pool`` evaluation states; each index used once."""
+    state = evaluation_states(EVAL_EPISODES, physics=system, dtype=torch.float64)[:pool]
+    returns = system_trajectories(system, controller, state, steps or system.horizon)[2].sum(-1)
+    order = [int(i) for i in torch.argsort(returns, descending=True, stable=True)]
+    chosen: dict[str, int] = {}
+    for role, rank in (("best", 0), ("median", (len(order) - 1) // 2), ("worst", len(order) - 1)):
+        index = next(i for i in order[rank:] + order[:rank] if i not in chosen.values())
+        chosen[role] = index
+    return dict(list(chosen.items())[:count])
+
+
+def render_system(system: System, controllers: Sequence[SystemController], starts: Sequence[int] | Mapping[str, int],
+                  out: str | Path, steps: int | None = None, every: int | None = None, panel: int = SYSTEM_PANEL,
+                  dtype: torch.dtype = torch.float64, mp4: bool = False) -> list[Path]:
+    """Animates ``controllers`` on ``system`` from evaluation starts ``starts`` (indices into
+    :func:`research.evaluation.evaluation_states` of the system; a mapping names them, e.g. ``{"best": 17}``) and
+    writes the GIF ``out`` (and an MP4 beside it when ``mp4`` and ffmpeg is on the ``PATH``); returns the paths.
+
+    One panel per controller and start (:func:`system_frames`), ``steps`` steps (default: the system's horizon),
+    one frame every ``every`` steps (default: every step that is at least :data:`SYSTEM_FRAME_S` after the last
+    frame: every 2nd of the cart-pole's 0.02 s, each of the acrobot's 0.2 s), played in real time when the system has
+    a time step (``tau`` or ``dt``). Float64 states by default (a policy sees its own dtype).
+    """
+    steps = system.horizon if steps is None else steps
+    dt = system_time_step(system)
+    if every is None:
+        every = max(1, math.ceil(SYSTEM_FRAME_S / dt - 1e-9)) if dt is not None else 1
+    if steps < 1 or every < 1:
+        raise ValueError(f"steps and every must be positive, got steps={steps}, every={every}")
+    named = dict(starts) if isinstance(starts, Mapping) else {f"start {i}": int(i) for i in starts}
+    indices = list(named.values())
+    all_states = evaluation_states(EVAL_EPISODES, physics=system, dtype=dtype)
+    if not all(0 <= i < len(all_states) for i in indices):
+        raise ValueError(f"starts must be indices into the {len(all_states)} evaluation states, got {indices}")
+    rows = []
+    for controller in controllers:
+        states, actions, rewards = system_trajectories(system, controller, all_states[indices], steps)
+        for k, (role, index) in enumerate(named.items()):
+            label = f"{controller.name}, {role}" if role.startswith("start") else f"{controller.name}, start {index} ({role})"
+            rows.append((label, controller.color, states[k], actions[k], rewards[k]))
+    title = f"{system.system}/{system.name}: {', '.join(c.name for c in controllers)}, {steps} steps"
+    frames = system_frames(system, rows, every, panel, title, dt)
+    fps = 1.0 / (dt * every) if dt is not None else FPS
+    written = [save_gif(frames, out, fps)]
+    if mp4:
+        video = save_mp4(frames, Path(out).with_suffix(".mp4"), max(1, round(fps)))
+        if video is not None:
+            written.append(video)
+    return written
+
+
+def _policy_name(path: Path) -> str:
+    """``bptt/seed_0`` for ``.../bptt/seed_0/policy.pt``, the file's stem otherwise."""
+    if path.name == "policy.pt" and path.parent.name.startswith("seed_"):
+        return f"{path.parent.parent.name}/{path.parent.name}"
+    return path.stem
+
+
+def system_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``python -m research.render --system NAME``: the generic path (see :func:`main`)."""
+    from research.systems import get_system
+
+    try:
+        system = get_system(args.system, args.physics)
+    except ValueError as error:
+        parser.error(str(error))
+    controllers = [policy_controller(system, load_policy(path), _policy_name(path), PALETTE[i % len(PALETTE)])
+                   for i, path in enumerate(args.policy or [])]
+    if args.controller == "reference" or not controllers:
+        reference = reference_controller(system)
+        if reference is None:
+            parser.error(f"system {args.system!r} has no reference_controller: give --policy")
+        controllers.append(reference)
+    steps = args.steps if args.steps is not None else system.horizon
+    if steps < 1 or (args.every is not None and args.every < 1):
+        parser.error(f"--steps and --every must be positive, got {steps} and {args.every}")
+    if args.starts is not None and not all(0 <= i < EVAL_EPISODES for i in args.starts):
+        parser.error(f"--starts must be indices into the {EVAL_EPISODES} evaluation states, got {args.starts}")
+    starts = args.starts if args.starts is not None else choose_system_starts(system, controllers[0], steps=steps)
+    what = "policies" if args.policy else "reference"
+    out = args.out if args.out is not None else Path("results/media") / f"{system.system}_{what}.gif"
+    for path in render_system(system, controllers, starts, out, steps, args.every,
+                              args.panel if args.panel is not None else SYSTEM_PANEL, mp4=args.mp4 == "yes"):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- command line
 def render_experiment(exp_dir: Path, out_dir: Path | None = None, starts: Sequence[int] | None = None,
                       seed: str | int = "median", steps: int = EVAL_HORIZON, panel: int = PANEL, mp4: str = "auto",
@@ -500,15 +717,33 @@ def render_experiment(exp_dir: Path, out_dir: Path | None = None, starts: Sequen
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment_dir", type=Path, nargs="?", default=Path("results/pendulum_compare"))
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default <experiment>/media)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default <experiment>/media); with --system the GIF's path "
+                             "(default results/media/<system>_<reference|policies>.gif)")
     parser.add_argument("--starts", type=int, nargs="+", default=None,
-                        help="indices into the 1000 evaluation states (default: the hanging, spread, typical starts)")
+                        help="indices into the 1000 evaluation states (default: the hanging, spread, typical starts; "
+                             "with --system the best, median and worst of the first 100 for the first controller)")
     parser.add_argument("--seed", default="median", help="which run of each algorithm: median, best, worst or a seed")
-    parser.add_argument("--steps", type=int, default=EVAL_HORIZON, help="steps to animate (200: the evaluation episode)")
-    parser.add_argument("--panel", type=int, default=PANEL, help="pixels per pendulum")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps to animate (default: the evaluation episode, 200 for the pendulum)")
+    parser.add_argument("--panel", type=int, default=None,
+                        help=f"pixels per pendulum (default {PANEL}; with --system per panel, {SYSTEM_PANEL})")
     parser.add_argument("--mp4", choices=("auto", "yes", "no"), default="auto", help="also MP4 through ffmpeg")
     parser.add_argument("--no-optimal", action="store_true", help="leave out the dynamic-programming optimum")
+    system = parser.add_argument_group("any system (--system): policies or the reference controller from evaluation "
+                                       "starts, side by side in one GIF")
+    system.add_argument("--system", default=None, help="a system of research.systems.SYSTEMS (e.g. cartpole, acrobot)")
+    system.add_argument("--physics", default="default", help="the system's physics preset")
+    system.add_argument("--policy", type=Path, nargs="+", default=None, help="policy.pt files to animate")
+    system.add_argument("--controller", choices=("reference",), default=None,
+                        help="also (without --policy: only) the system's reference_controller")
+    system.add_argument("--every", type=int, default=None,
+                        help=f"one frame every this many steps (default: frames at least {SYSTEM_FRAME_S:g} s apart)")
     args = parser.parse_args(argv)
+    if args.system is not None:
+        return system_main(args, parser)
+    args.steps = EVAL_HORIZON if args.steps is None else args.steps
+    args.panel = PANEL if args.panel is None else args.panel
     if not args.experiment_dir.is_dir():
         parser.error(f"no experiment directory {args.experiment_dir}")
     seed = args.seed if args.seed in ("median", "best", "worst") else int(args.seed)

@@ -2,7 +2,8 @@
 
     python scripts/bench_report.py results/bench/benchmark.json [results/bench/benchmark-1thread.json ...]
 
-For each question (simulation, one BPTT iteration, DDPG's update, collector and whole run) a table of every case,
+For each question (simulation, one BPTT iteration, DDPG's update, collector and whole run, then simulation and one
+BPTT iteration of every system of ``research.systems``: ``simulate-<system>``, ``bptt-<system>``) a table of every case,
 then the speed-up of our fastest case over each peer at each batch size, the project's speed targets
 (``docs/protocol.md``, and the speed issue's 1.5x over gymnax and Stable-Baselines3) checked against the
 measurements, which optional peers ran (``tests/benchmarks/test_bench_peers.py``, the ``peers`` extra), and a plot
@@ -28,10 +29,17 @@ QUESTIONS = {
     "ddpg-collector": "One DDPG collector batch (100 transitions, 1 env, noisy actor)",
     "ddpg-run": "The whole DDPG run (rl-baselines3-zoo recipe, 20k env steps, 1 env; BENCH_FULL=1)",
 }
+#: The per-system questions of tests/benchmarks/test_bench_systems.py, ``<prefix>-<system>``: prefix -> title.
+SYSTEM_QUESTIONS = {
+    "simulate": "simulation without gradients (MLP obs-64-64-act in the loop, the system's 200-step horizon)",
+    "bptt": "one BPTT iteration (rollout H = 64, backward, clip, Adam step; MLP obs-64-64-64-act)",
+}
+#: Display names and order of the systems (others follow alphabetically).
+SYSTEM_NAMES = {"pendulum": "Pendulum", "cartpole": "Cart-pole", "acrobot": "Acrobot"}
 #: Cases that are ours; every other case in the same group is a peer.
 OURS = ("fused", "fused-compiled", "native", "simulator", "ddpg-update", "research")
 #: The peers of the optional ``peers`` extra (tests/benchmarks/test_bench_peers.py): case -> what it runs.
-EXTRA_PEERS = {"gymnax": "gymnax (JAX): simulation and BPTT iteration", "sb3": "Stable-Baselines3: DDPG update and run"}
+EXTRA_PEERS = {"gymnax": "gymnax (JAX): simulation and BPTT iteration; CartPole-v1 and Acrobot-v1 simulation", "sb3": "Stable-Baselines3: DDPG update and run"}
 #: The speed targets of docs/protocol.md: (question, batch, peer or None for an absolute rate, minimum ratio or
 #: env-steps/s, label). ``torchrl-seed`` is the seed recipe's loop (TorchRL's pendulum tutorial).
 TARGETS = [
@@ -45,6 +53,12 @@ TARGETS = [
     ("bptt", 32, "gymnax", 1.5, "BPTT iteration vs gymnax (jax.grad through the transitions), batch 32"),
     ("bptt", 1024, "gymnax", 1.5, "BPTT iteration vs gymnax (jax.grad through the transitions), batch 1024"),
     ("ddpg-run", 1, "sb3", 1.5, "Whole 20k-step DDPG run vs Stable-Baselines3 (zoo recipe)"),
+    # The same goal for the other systems against gymnax's discrete-action originals (the policy picks the action).
+    ("simulate-cartpole", 64, "gymnax", 1.5, "Cart-pole simulation vs gymnax CartPole-v1 (jit + vmap + scan), batch 64"),
+    ("simulate-cartpole", 4096, "gymnax", 1.5,
+     "Cart-pole simulation vs gymnax CartPole-v1 (jit + vmap + scan), batch 4096"),
+    ("simulate-acrobot", 64, "gymnax", 1.5, "Acrobot simulation vs gymnax Acrobot-v1 (jit + vmap + scan), batch 64"),
+    ("simulate-acrobot", 4096, "gymnax", 1.5, "Acrobot simulation vs gymnax Acrobot-v1 (jit + vmap + scan), batch 4096"),
 ]
 COMMAND = "make bench   # pytest tests/benchmarks --benchmark-only, all cores and 1 thread; then this script"
 
@@ -91,14 +105,38 @@ def fmt_time(seconds: float) -> str:
 Key = tuple[str, str, int, int]  # question, device, threads, batch
 
 
+def system_question(question: str) -> tuple[str, str] | None:
+    """``(prefix, system)`` of a per-system question (``"simulate-cartpole"`` -> ``("simulate", "cartpole")``)."""
+    prefix, _, system = question.partition("-")
+    return (prefix, system) if prefix in SYSTEM_QUESTIONS and system and question not in QUESTIONS else None
+
+
+def question_title(question: str) -> str:
+    split = system_question(question)
+    if split is None:
+        return QUESTIONS.get(question, question)
+    prefix, system = split
+    return f"{SYSTEM_NAMES.get(system, system)}: {SYSTEM_QUESTIONS[prefix]}"
+
+
+def question_rank(question: str) -> tuple:
+    """Sort key: :data:`QUESTIONS` in order, then each system (:data:`SYSTEM_NAMES` order) simulation before BPTT."""
+    if question in QUESTIONS:
+        return (0, list(QUESTIONS).index(question))
+    split = system_question(question)
+    if split is None:
+        return (2, question)
+    prefix, system = split
+    systems = list(SYSTEM_NAMES)
+    return (1, systems.index(system) if system in systems else len(systems), system, list(SYSTEM_QUESTIONS).index(prefix))
+
+
 def groups(cases: list[dict]) -> dict[Key, list[dict]]:
-    """Cases by (question, device, threads, batch), sorted in that order (questions as in :data:`QUESTIONS`)."""
+    """Cases by (question, device, threads, batch), sorted in that order (questions by :func:`question_rank`)."""
     out: dict[Key, list[dict]] = defaultdict(list)
     for case in cases:
         out[(case["question"], case["device"], case["threads"], case["batch"])].append(case)
-    order = list(QUESTIONS)
-    return dict(sorted(out.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else len(order),
-                                                      *kv[0][1:])))
+    return dict(sorted(out.items(), key=lambda kv: (question_rank(kv[0][0]), *kv[0][1:])))
 
 
 def best_ours(group: list[dict]) -> dict | None:
@@ -154,7 +192,10 @@ def target_rows(all_groups: dict[Key, list[dict]]) -> list[str]:
                 measured, text, need = best["rate"], fmt_rate(best["rate"]), fmt_rate(required)
             elif peer in speedups(group):
                 measured = speedups(group)[peer]
-                text, need = f"{measured:.1f}× ({best['case']})", f"{required:g}×"
+                other = next(c for c in group if c["case"] == peer)
+                unit = "updates/s" if best["unit"] == "updates" else "env-steps/s"
+                text = f"{measured:.1f}× ({best['case']}: {fmt_rate(best['rate'])} vs {fmt_rate(other['rate'])} {unit})"
+                need = f"{required:g}×"
             else:
                 continue
             met = "yes" if measured >= required else "no"
@@ -194,8 +235,7 @@ def peer_lines(cases: list[dict]) -> list[str]:
         ran = [c for c in cases if c["case"] == case]
         if ran:
             versions = sorted({c["peer"] for c in ran if c.get("peer")})
-            questions = sorted({c["question"] for c in ran}, key=lambda q: list(QUESTIONS).index(q)
-                               if q in QUESTIONS else len(QUESTIONS))
+            questions = sorted({c["question"] for c in ran}, key=question_rank)
             lines.append(f"- peer {what}: ran ({', '.join(versions) or 'version not recorded'}; "
                          f"{', '.join(questions)})")
         else:
@@ -228,11 +268,9 @@ def render(data: dict, cases: list[dict], figure: str | None, extra: Sequence[st
              "## Targets", "", *target_rows(all_groups), ""]
     if figure:
         lines += [f"![throughput against batch size]({figure})", ""]
-    for question, title in QUESTIONS.items():
+    for question in sorted({k[0] for k in all_groups}, key=question_rank):
         question_cases = {k: v for k, v in all_groups.items() if k[0] == question}
-        if not question_cases:
-            continue
-        lines += [f"## {title}", "", *case_table(question_cases), ""]
+        lines += [f"## {question_title(question)}", "", *case_table(question_cases), ""]
         ratios = ratio_table(question_cases)
         if ratios:
             lines += ["Speed-up of our fastest case over each peer (ratio of median times):", "", *ratios, ""]

@@ -99,3 +99,56 @@ def test_render_experiment_from_run_directories(tmp_path):
     index = json.loads((exp / "media" / "index.json").read_text())
     assert index["animations"][0]["start_index"] == 5
     assert set(index["animations"][0]["returns"]) == {"ddpg", "bptt"}
+
+
+# ---------------------------------------------------------------------------------------------------- any system
+def _gif(path):
+    with Image.open(path) as gif:
+        return gif.n_frames, gif.size, gif.info["duration"]
+
+
+def test_render_system_reference_and_policy(tmp_path):
+    from research.systems import make
+
+    system = make("cartpole")
+    torch.manual_seed(0)
+    policy = make_policy((8,), max_torque=system.max_action, obs_dim=system.obs_dim, act_dim=system.action_dim)
+    controllers = [render.reference_controller(system), render.policy_controller(system, policy, "net")]
+    # 2 starts x 2 controllers, 10 steps, every 2nd step (0.04 s of the cart-pole's 0.02 s): frames 0, 2, ..., 10
+    (path,) = render.render_system(system, controllers, [0, 3], tmp_path / "cp.gif", steps=10, panel=48)
+    assert _gif(path) == (6, (4 * 48, 18 + 16 + 48 + 30 + 18), 40)
+    # the trajectories behind the frames: states [N, T + 1], actions within the bound as the step applies them
+    states, actions, rewards = render.system_trajectories(system, controllers[0], system.initial_state((2,)), 10)
+    assert states.shape == (2, 11, 4) and actions.shape == (2, 10, 1) and rewards.shape == (2, 10)
+    assert actions.abs().max() <= system.max_action
+
+
+def test_render_system_cli(tmp_path, capsys):
+    out = tmp_path / "ref.gif"
+    assert render.main(["--system", "cartpole", "--controller", "reference", "--starts", "0", "1", "--steps", "10",
+                        "--every", "1", "--panel", "40", "--out", str(out)]) == 0
+    assert _gif(out)[:2] == (11, (2 * 40, 18 + 16 + 40 + 30 + 18))
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the pendulum has no reference controller: a policy is needed
+        render.main(["--system", "pendulum", "--steps", "2", "--out", str(tmp_path / "p.gif")])
+    assert "reference_controller" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["pendulum", "acrobot"])
+def test_render_system_other_systems(tmp_path, name):
+    from research.systems import SYSTEMS, make
+
+    if name not in SYSTEMS:
+        pytest.skip(f"{name} is not registered")
+    system = make(name)
+    torch.manual_seed(0)
+    policy = make_policy((8,), max_torque=system.max_action, obs_dim=system.obs_dim, act_dim=system.action_dim)
+    policy_path = tmp_path / name / "seed_0" / "policy.pt"
+    policy_path.parent.mkdir(parents=True)
+    save_policy(policy, policy_path)
+    out = tmp_path / f"{name}.gif"
+    argv = ["--system", name, "--policy", str(policy_path), "--starts", "2", "5", "--steps", "10", "--panel", "40",
+            "--out", str(out)]
+    reference = render.reference_controller(system) is not None
+    assert render.main(argv + (["--controller", "reference"] if reference else [])) == 0
+    assert _gif(out)[:2] == (11, ((4 if reference else 2) * 40, 18 + 16 + 40 + 30 + 18))

@@ -11,6 +11,11 @@ the same ``extra_info`` as ours, so ``scripts/bench_report.py`` prints our speed
   the rollout of H = 100 steps through ``env.with_transition_gradients()`` (gymnax otherwise stops the gradient at
   every transition), ``jax.value_and_grad`` of ``-mean(reward)`` and a plain SGD step (ours also clips and runs
   Adam: a few microseconds on 8.6k parameters), all in one ``jax.jit``;
+- ``simulate-cartpole`` and ``simulate-acrobot`` / ``gymnax``: gymnax's ``CartPole-v1`` and ``Acrobot-v1``
+  (Gymnasium's physics, discrete actions: a force of -10 or +10 N; an elbow torque of -1, 0 or +1) at B = 64 and
+  4096, the systems' horizon (200 steps), as the pendulum peer: ``jax.jit`` of ``lax.scan`` over
+  ``jax.vmap(env.step)`` (per-step keys, auto-reset) with the ``obs``-64-64-1 tanh policy in the loop, its squashed
+  output in [-1, 1] picking the action; against ``test_bench_systems.py``'s cases of the same question;
 - ``ddpg-update`` / ``sb3``: one ``DDPG.train(gradient_steps=1)`` of Stable-Baselines3 with rl-baselines3-zoo's
   Pendulum-v1 recipe ([400, 300], batch 256, lr 1e-3, gamma 0.98) on a replay buffer of random transitions;
 - ``ddpg-run`` / ``research`` and ``sb3``: the whole zoo-recipe run, 20k env steps (10k random warm-up, then one
@@ -36,6 +41,7 @@ from torch import nn
 from research.envs import PendulumParams, sample_initial_state
 from research.policies import make_policy
 from research.rollout import simulate
+from research.systems import SYSTEMS
 
 from .conftest import BPTT_HIDDEN, SIM_HIDDEN, bench_threads
 
@@ -44,6 +50,8 @@ ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_
 SIM_BATCHES = [64, 4096]
 BPTT_BATCHES = [32, 1024]
 HORIZON = 100
+#: Our systems' gymnax peers (``test_bench_systems.py`` measures ours), Gymnasium's discrete-action originals.
+GYMNAX_SYSTEMS = {"cartpole": "CartPole-v1", "acrobot": "Acrobot-v1"}
 LR = 2e-3
 FULL = os.environ.get("BENCH_FULL", "") not in ("", "0")
 #: rl-baselines3-zoo hyperparams/ddpg.yml, Pendulum-v1 (docs/protocol.md).
@@ -182,6 +190,41 @@ def test_gymnax_bptt(measure, smoke, benchmark, batch):
     assert np.isfinite(float(value))
     norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(grads))))
     assert np.isfinite(norm) and norm > 0  # the gradient passes the transitions
+
+
+@pytest.mark.parametrize("batch", SIM_BATCHES)
+@pytest.mark.parametrize("name", list(GYMNAX_SYSTEMS))
+def test_gymnax_system_simulate(measure, smoke, benchmark, name, batch):
+    jax, gymnax = _jax()
+    import jax.numpy as jnp
+
+    horizon = 2 if smoke else SYSTEMS[name].horizon if name in SYSTEMS else 200
+    env, env_params = gymnax.make(GYMNAX_SYSTEMS[name])
+    actions = env.num_actions  # CartPole: 0 -> -10 N, 1 -> +10 N; Acrobot: 0, 1, 2 -> torque -1, 0, +1
+    reset = jax.vmap(env.reset, in_axes=(0, None))
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    torch.manual_seed(0)
+    weights = _jax_weights(make_policy(SIM_HIDDEN, max_torque=1.0, obs_dim=env.obs_shape[0], act_dim=1))
+    obs, start = reset(jax.random.split(jax.random.PRNGKey(0), batch), env_params)
+
+    @jax.jit
+    def rollout(weights, state, obs, key):
+        def body(carry, key):
+            state, obs = carry
+            u = _jax_policy(weights, obs, 1.0)[:, 0]  # in [-1, 1]: the policy's output picks the discrete action
+            action = jnp.clip(jnp.floor((u + 1.0) * 0.5 * actions), 0, actions - 1).astype(jnp.int32)
+            obs, state, reward, *_ = step(jax.random.split(key, batch), state, action, env_params)
+            return (state, obs), reward
+
+        (state, _), rewards = jax.lax.scan(body, (state, obs), jax.random.split(key, horizon))
+        return rewards.sum(0), state
+
+    key = jax.random.PRNGKey(1)
+    benchmark.extra_info["peer"] = _versions("gymnax", "jax")
+    returns, _ = measure(lambda: jax.block_until_ready(rollout(weights, start, obs, key)), question=f"simulate-{name}",
+                         case="gymnax", batch=batch, horizon=horizon, device="cpu", env_steps=batch * horizon,
+                         rounds=3 if batch * horizon >= 1_000_000 else 10)
+    assert returns.shape == (batch,) and np.isfinite(np.asarray(returns)).all()
 
 
 # ---------------------------------------------------------------------------------------------- Stable-Baselines3
