@@ -181,6 +181,22 @@ def load_policy(path: str | os.PathLike) -> SquashedMLP:
 
         policy = research.load_policy("results/pendulum_compare/bptt/seed_0/policy.pt")
         action = policy(torch.tensor([1.0, 0.0, 0.0]))
+
+    One episode in the Gymnasium environment of the same physics (:mod:`research.gym`; any registered
+    ``research/<System>-<preset>-v0`` whose observation the policy was trained on), printing its return::
+
+        import gymnasium, torch, research, research.gym
+        policy = research.load_policy("results/pendulum_compare/bptt/seed_0/policy.pt")
+        env = gymnasium.make("research/Pendulum-default-v0")
+        obs, info = env.reset(seed=0)
+        episode_return, done = 0.0, False
+        while not done:
+            with torch.no_grad():
+                action = policy(torch.as_tensor(obs)).numpy()
+            obs, reward, terminated, truncated, info = env.step(action)
+            episode_return += reward
+            done = terminated or truncated
+        print(episode_return)
     """
     try:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
