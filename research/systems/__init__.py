@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from research.systems.acrobot import Acrobot
 from research.systems.base import Param, System
 from research.systems.cartpole import CartPole
 from research.systems.pendulum import Pendulum
@@ -23,6 +24,7 @@ from research.systems.pendulum import Pendulum
 SYSTEMS: dict[str, type[System]] = {
     "pendulum": Pendulum,
     "cartpole": CartPole,
+    "acrobot": Acrobot,
 }
 
 
