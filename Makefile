@@ -9,12 +9,14 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BACKEND ?= local
 DEVICE ?= cpu
 RESULTS ?= results
+# Systems without a grid DP: `make optimal-systems` runs research.analysis.trajopt for each (results/optimal/<system>/).
+OPTIMAL_SYSTEMS ?= cartpole acrobot
 # An experiment file with a [gradient_study] table is a measurement, not training runs: scripts/gradient_report.py
 # draws its figures and report; any other experiment is aggregated, plotted, mapped and reported from its run directories.
 REPORT_STEPS = $(if $(shell grep -qs '^\[gradient_study\]' experiments/$(EXP).toml && echo study),gradient-report,aggregate plot maps report)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint experiment runs aggregate plot maps report render gradient-report optimal bench gpu-check clean
+.PHONY: help install test test-fast lint experiment runs aggregate plot maps report render gradient-report optimal optimal-systems bench gpu-check clean
 
 help: ## list every target with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -54,8 +56,14 @@ report: ## results/$(EXP)/REPORT.md from the summary, figures and maps
 gradient-report: ## results/$(EXP)/figures/*.png and REPORT.md of a gradient study, from its gradient_study.csv
 	$(PYTHON) scripts/gradient_report.py $(RESULTS)/$(EXP)
 
-optimal: ## results/optimal/: the DP optimum of every physics preset (PHYSICS="default noisy" for some), REPORT.md
+optimal: ## results/optimal/: the pendulum's DP optimum per preset (PHYSICS="default noisy" for some), optimal-systems, REPORT.md
 	$(PYTHON) -m research.analysis.optimal --out $(RESULTS)/optimal --device $(DEVICE) $(if $(PHYSICS),--physics $(PHYSICS))
+	$(MAKE) --no-print-directory optimal-systems
+
+optimal-systems: ## results/optimal/<system>/: per-start trajectory-optimisation reference (OPTIMAL_SYSTEMS="cartpole acrobot"), REPORT.md
+	for system in $(OPTIMAL_SYSTEMS); do \
+		$(PYTHON) -m research.analysis.trajopt --system $$system --out $(RESULTS)/optimal/$$system || exit 1; \
+	done
 	$(PYTHON) scripts/optimal_report.py $(RESULTS)/optimal
 
 bench: ## speed benchmarks, all cores and 1 thread -> results/bench/ (peers: the peers extra; BENCH_FULL=1: whole DDPG runs)
