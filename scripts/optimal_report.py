@@ -199,7 +199,10 @@ def systems_section(systems: list[dict]) -> list[str]:
         "over restarts and iterations kept). The kept sequences are rolled out again, open-loop, in the exact "
         "physics (float32 on the CPU, as the evaluator), and per start the better of that and the reference "
         "controller's closed-loop return is the **reference** (both achievable by a policy told its start: a lower "
-        "bound on the optimum, not the optimum).", ""]
+        "bound on the optimum, not the optimum). A sequence that balances at the top is reproduced only in the "
+        "arithmetic it was found in: replayed in float64 its rounding differences grow at the unstable upright "
+        "(fast for the acrobot, slowly for the cart-pole), so the float64 replays below measure that sensitivity, "
+        "not another optimum.", ""]
     lines += markdown_table(["system", "method", "starts", "reference mean", "median", "worst", "success",
                              "trajopt mean", "trajopt median", "controller mean", "controller median", "seconds"],
                             body)
