@@ -118,5 +118,22 @@ class SimulatorCollector:
                                 "episode_reward": episode_return}, batch_size=batch),
         }, batch_size=batch, device=self.device)
 
+    def state_dict(self) -> dict:
+        """What the collector carries between batches: its generator, the systems' states and parameters, the
+        episode's step and returns, the frames collected (a checkpoint of the run keeps it)."""
+        params = None if self.params is None else [p.clone() if isinstance(p, Tensor) else p for p in self.params]
+        return {"generator": self.generator.get_state(), "state": self.state.clone(), "params": params,
+                "episode_step": self.episode_step, "episode_return": self.episode_return.clone(),
+                "frames": self.frames}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.state = state["state"].to(self.device)
+        if state["params"] is not None:
+            self.params = type(self.params)(*(p.to(self.device) if isinstance(p, Tensor) else p
+                                              for p in state["params"]))
+        self.episode_step, self.frames = int(state["episode_step"]), int(state["frames"])
+        self.episode_return = state["episode_return"].to(self.device)
+
     def shutdown(self) -> None:
         """Nothing to release (the Collector's interface)."""

@@ -228,6 +228,10 @@ class RunConfig:
     """Stop training after this many seconds (0 = no limit); the final evaluation still runs."""
     max_consecutive_skips: int = 10
     """Stop with an error after this many consecutive updates skipped for a non-finite loss or gradient."""
+    checkpoint_every_s: float = 300.0
+    """Seconds between checkpoints of the whole training state into ``<run dir>/checkpoint.pt`` (also written when
+    training ends; 0 = never); a run directory holding one continues from it, bit for bit on CPU. Not part of the
+    config hash."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """Training environment."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -254,6 +258,8 @@ class RunConfig:
                                   "unseen in training")
         if self.max_wall_time_s < 0:
             raise ConfigError(f"max_wall_time_s must be >= 0, got {self.max_wall_time_s}")
+        if self.checkpoint_every_s < 0:
+            raise ConfigError(f"checkpoint_every_s must be >= 0 (0 = never), got {self.checkpoint_every_s}")
         if self.max_consecutive_skips <= 0:
             raise ConfigError(f"max_consecutive_skips must be > 0, got {self.max_consecutive_skips}")
 
@@ -397,10 +403,14 @@ def to_dict(config: Any) -> dict[str, Any]:
 #: had implicitly, so that adding them does not make earlier runs look changed: ``(table, key): value``.
 HASH_NEUTRAL: dict[tuple[str, str], Any] = {("env", "system"): "pendulum"}
 
+#: Top-level fields that change how a run is carried out, never its numbers, left out of :func:`config_hash` whatever
+#: their value (changing them neither makes a finished run look changed nor stops a checkpoint from resuming).
+HASH_EXCLUDED: tuple[str, ...] = ("checkpoint_every_s",)
+
 
 def config_hash(config: Any) -> str:
     """A short stable hash of a resolved config (used to tell whether a finished run can be reused)."""
-    data = to_dict(config)
+    data = {k: v for k, v in to_dict(config).items() if k not in HASH_EXCLUDED}
     for (table, key), value in HASH_NEUTRAL.items():
         if isinstance(data.get(table), dict) and data[table].get(key) == value:
             data[table] = {k: v for k, v in data[table].items() if k != key}

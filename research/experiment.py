@@ -14,8 +14,12 @@ before anything starts (nothing is ever deleted: a run that is replaced is moved
   ``superseded/<its config hash>/<run path>`` (``<run path>`` is ``[<physics>/]<algo>/seed_<k>``) and run again
   (logged); when ``superseded/<the new hash>/<run path>`` holds a run finished under the new config (the config was
   changed back), that run is moved back instead of training again;
-- a directory without ``summary.json`` (a run killed midway, or one that failed and holds ``failure.json``): moved
-  to ``superseded/unfinished-<time>/<run path>`` (or ``failed-<time>``) and run again from scratch.
+- a directory without ``summary.json`` whose ``checkpoint.pt`` (:mod:`research.harness`) can be read and was written
+  under the same config hash (a run killed midway, or failed, after a checkpoint): resumed in place from that
+  checkpoint (logged; a ``failure.json`` from the try that failed is removed once its reason is logged);
+- any other directory without ``summary.json`` (a run killed, or failed, before its first checkpoint, or whose
+  checkpoint cannot be read or belongs to another config): moved to ``superseded/unfinished-<time>/<run path>`` (or
+  ``failed-<time>``) and run again from scratch.
 
 ``--set key=value`` (repeatable) changes the resolved config of the runs, as ``python -m research.train --set``
 does: ``--set bptt.lr=1e-3`` the runs of ``[bptt]``, ``--set max_wall_time_s=60`` every algorithm's runs,
@@ -72,7 +76,9 @@ from research.config import (
     parse_override,
     physics_entry,
 )
+from research.harness import checkpoint_info
 from research.rundir import (
+    CHECKPOINT,
     FAILURE,
     MANIFEST,
     RUN_DIR_PATTERNS,
@@ -217,12 +223,24 @@ def _finished_hash(directory: Path) -> str | None:
         return None
 
 
-def run_status(run: PlannedRun) -> Literal["done", "changed", "failed", "incomplete", "new"]:
-    """``done``: finished with this config; ``changed``: finished with another; ``failed``: the last try failed (its
+def resume_point(run: PlannedRun) -> dict[str, Any] | None:
+    """What the run's ``checkpoint.pt`` says (``iteration``, ``done``, ...) when it can be read and was written by
+    this algorithm under this config hash; ``None`` otherwise."""
+    info = checkpoint_info(run.run_dir / CHECKPOINT)
+    if info is None or info["config_hash"] != run.config_hash or info["algo"] != run.algo:
+        return None
+    return info
+
+
+def run_status(run: PlannedRun) -> Literal["done", "changed", "resumable", "failed", "incomplete", "new"]:
+    """``done``: finished with this config; ``changed``: finished with another; ``resumable``: unfinished (killed
+    midway, or failed) with a checkpoint of this config to continue from; ``failed``: the last try failed (its
     ``failure.json`` says why); ``incomplete``: started, unfinished (killed midway)."""
     finished = _finished_hash(run.run_dir)
     if finished is not None:
         return "done" if finished == run.config_hash else "changed"
+    if resume_point(run) is not None:
+        return "resumable"
     if (run.run_dir / FAILURE).is_file():
         return "failed"
     return "incomplete" if run.run_dir.exists() else "new"
@@ -319,9 +337,13 @@ def execute_run(algo: str, config: Any, out_dir: str | Path, experiment: str, th
     return train(config, algo, out_dir, experiment, quiet=True)
 
 
-def execute_run_packed(algo: str, config: Any, experiment: str, threads: int) -> tuple[dict, dict[str, bytes]]:
-    """Trains into a scratch directory and returns ``(summary, {file name: contents})`` (Ray tasks, any node)."""
+def execute_run_packed(algo: str, config: Any, experiment: str, threads: int,
+                       start: dict[str, bytes] | None = None) -> tuple[dict, dict[str, bytes]]:
+    """Trains into a scratch directory and returns ``(summary, {file name: contents})`` (Ray tasks, any node);
+    ``start`` (``{file name: contents}``, e.g. the run's ``checkpoint.pt``) is written there first, to resume from."""
     with tempfile.TemporaryDirectory(prefix="research-run-") as scratch:
+        for name, data in (start or {}).items():
+            atomic_write_bytes(Path(scratch) / name, data)
         summary = execute_run(algo, config, scratch, experiment, threads)
         files = {p.name: p.read_bytes() for p in Path(scratch).iterdir() if p.is_file() and not p.name.startswith(".")}
     return summary, files
@@ -417,6 +439,12 @@ def _execute_local(runs: list[PlannedRun], experiment: str, jobs: int, threads: 
             process.join()
 
 
+def _resume_files(run: PlannedRun) -> dict[str, bytes]:
+    """The checkpoint a Ray task resumes from (``{}`` for a run that starts from scratch)."""
+    path = run.run_dir / CHECKPOINT
+    return {CHECKPOINT: path.read_bytes()} if resume_point(run) is not None else {}
+
+
 def _execute_ray(runs: list[PlannedRun], experiment: str, jobs: int, cpus_per_run: int, gpus_per_run: float,
                  quiet: bool, on_done: OnDone) -> None:
     try:
@@ -434,7 +462,7 @@ def _execute_ray(runs: list[PlannedRun], experiment: str, jobs: int, cpus_per_ru
             ray.init(num_cpus=jobs * cpus_per_run, include_dashboard=False, log_to_driver=not quiet)
     try:
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(execute_run_packed)
-        refs = {task.remote(r.algo, r.config, experiment, cpus_per_run): r for r in runs}
+        refs = {task.remote(r.algo, r.config, experiment, cpus_per_run, _resume_files(r)): r for r in runs}
         pending = list(refs)
         try:
             while pending:
@@ -497,6 +525,16 @@ def run_experiment(path: str | Path, results: str | Path = "results", jobs: int 
         status = run_status(run)
         if status == "done":
             outcome.skipped.append(run)
+            continue
+        if status == "resumable":
+            point = resume_point(run)
+            failed = (run.run_dir / FAILURE).is_file()
+            log.info("%s: unfinished%s: resuming in place from its checkpoint after iteration %s", run.name,
+                     f", failed last time ({failure_reason(run) or 'no reason recorded'})" if failed else "",
+                     point["iteration"] if point else "?")
+            if failed:
+                (run.run_dir / FAILURE).unlink()
+            pending.append(run)
             continue
         if status == "failed":
             log.info("%s: failed last time (%s): trying again", run.name, failure_reason(run) or "no reason recorded")

@@ -9,7 +9,10 @@ import a trainer) use this one definition. A run lives in ``<results>/<experimen
   then namespaced metrics (``train/...``, ``eval/...``); a cell is empty where nothing was measured;
 - ``summary.json`` (:data:`SUMMARY`): ``algo``, ``seed``, ``env_steps``, ``wall_time_s``, ``config_hash``,
   ``eval`` (the final evaluation) and algorithm extras; written last, so its presence means the run finished;
-- ``policy.pt`` (:data:`POLICY`): the final policy (``research.load_policy`` reads it).
+- ``policy.pt`` (:data:`POLICY`): the final policy (``research.load_policy`` reads it);
+- ``checkpoint.pt`` (:data:`CHECKPOINT`): the run's whole training state (networks, optimisers, replay buffer, RNG
+  states, counters, the metric rows so far), written by :func:`research.harness.train` every
+  ``checkpoint_every_s`` seconds and when training ends; a run directory holding one continues from it.
 
 ``<results>/<experiment>/experiment.json`` (:data:`MANIFEST`) lists the runs an experiment plans, with their config
 hashes; readers aggregate exactly those. Every file is written through a temporary file and a rename
@@ -30,6 +33,7 @@ CONFIG = "config.json"
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 POLICY = "policy.pt"
+CHECKPOINT = "checkpoint.pt"
 MANIFEST = "experiment.json"
 
 #: Columns every metrics row holds, in this order.
@@ -69,12 +73,24 @@ def is_superseded(path: str | os.PathLike, exp_dir: str | os.PathLike) -> bool:
     return bool(parts) and parts[0] == SUPERSEDED
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview, fsync: bool = False) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same directory and a rename; with ``fsync`` the
+    file's contents reach the disk before the rename, and the rename itself before returning (a crash of the machine
+    leaves the old file or the new one, never a truncated one)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(tmp, path)
+    if fsync and hasattr(os, "O_DIRECTORY"):
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -1,7 +1,9 @@
 """Writing a run directory (the contract itself, file names and columns, is :mod:`research.rundir`).
 
 :class:`RunWriter` writes ``config.json`` when the run starts, rewrites ``metrics.csv`` at every :meth:`flush` (each
-evaluation, so it is always readable), and at :meth:`finish` writes ``policy.pt`` and, last, ``summary.json``.
+evaluation, so it is always readable), and at :meth:`finish` writes ``policy.pt`` and, last, ``summary.json``. The
+harness keeps its checkpoint at :attr:`RunWriter.checkpoint_path` and, through :meth:`RunWriter.state_dict`, the rows
+logged so far inside it: a resumed run starts from those rows (``metrics.csv`` is rewritten to end at the checkpoint).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from research.config import config_hash, to_dict
 from research.rundir import (
+    CHECKPOINT,
     CONFIG,
     FIXED_COLUMNS,
     METRICS,
@@ -97,11 +100,15 @@ class RunWriter:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         stale = self.path / SUMMARY
+        self.finished_before = stale.exists()
+        """Whether the directory held a finished run: the harness then trains again from scratch, not from the run's
+        final checkpoint (rerunning a finished run means training it again, e.g. after a code change)."""
         if stale.exists():
             stale.unlink()  # a run being (re)written is unfinished until finish() writes it again
         self.algo = algo
         self.seed = getattr(config, "seed", None)
         self.config_hash = config_hash(config)
+        self.git_commit = git_commit()
         self.rows: list[dict[str, Any]] = []
         self.mirror = make_mirror(getattr(config, "logger", "none"), self.path / "logs",
                                   f"{experiment or 'run'}-{algo}-seed_{self.seed}")
@@ -111,7 +118,7 @@ class RunWriter:
             "seed": self.seed,
             "config": to_dict(config),
             "config_hash": self.config_hash,
-            "git_commit": git_commit(),
+            "git_commit": self.git_commit,
             "versions": library_versions(),
             "device": device_description(getattr(config, "device", "cpu")),
         })
@@ -131,6 +138,22 @@ class RunWriter:
 
     def flush(self) -> None:
         atomic_write_text(self.path / METRICS, metrics_csv(self.rows))
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the harness keeps the run's checkpoint (``<run dir>/checkpoint.pt``)."""
+        return self.path / CHECKPOINT
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rows logged so far (what a checkpoint keeps of the writer)."""
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continues from a checkpoint's rows: ``metrics.csv`` is rewritten to hold exactly those (the rows logged
+        after the checkpoint by the process that was stopped are dropped; their iterations run again). A mirror
+        logger keeps what it was sent (it may see those iterations twice)."""
+        self.rows = [dict(row) for row in state["rows"]]
+        self.flush()
 
     def finish(self, policy: torch.nn.Module, summary: Mapping[str, Any]) -> dict[str, Any]:
         """Writes ``metrics.csv``, ``policy.pt`` and, last, ``summary.json`` (with the config hash); returns it."""

@@ -6,6 +6,10 @@ Writes ``<results>/<experiment>/<algo>/seed_<k>/`` (see :mod:`research.runs`); t
 stem. ``--set`` takes dotted keys inside the algorithm's table (``--set lr=1e-3 --set env.backend=gymnasium``).
 ``--show-config`` prints every field of the algorithm's config with its value and its meaning, as a TOML table that
 can be pasted into an experiment file. Bad input (a config value, ``--results``) is one line on stderr and exit code 2.
+
+A run directory that holds a ``checkpoint.pt`` written under the same config (a run that was killed) continues from
+it, bit for bit on CPU (see :mod:`research.harness`); one written under another config is ignored with a warning and
+overwritten; one that cannot be read is a one-line error naming the file (exit code 2: delete it to start again).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from research.config import (
     from_dict,
     load_toml,
 )
+from research.harness import CheckpointError
 from research.runs import RunWriter, run_dir
 
 
@@ -93,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     experiment = args.experiment or (args.config.stem if args.config else "default")
     out = run_dir(args.results, experiment, args.algo, config.seed)
-    summary = train(config, args.algo, out, experiment, quiet=args.quiet)
+    try:
+        summary = train(config, args.algo, out, experiment, quiet=args.quiet)
+    except CheckpointError as err:  # an unreadable checkpoint.pt: one line naming it
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     print(json.dumps({"run_dir": str(out), **summary}, indent=2))
     return 0
 

@@ -1,6 +1,7 @@
 """The experiment runner: planning, parallel runs, resume, errors, the Ray backend, and the scripts end to end."""
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ from research.experiment import load_experiment, main, run_experiment, run_statu
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "smoke.toml"
+#: What a finished run's directory holds (checkpoint.pt: the state when training ended).
+FINISHED_FILES = {"config.json", "metrics.csv", "summary.json", "policy.pt", "checkpoint.pt"}
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +50,9 @@ def test_smoke_experiment_end_to_end(finished_smoke):
     plan = outcome.plan
     assert outcome.ok and not outcome.skipped, outcome.failed
     assert sorted(outcome.completed) == sorted(run.name for run in plan.runs)
-    assert {run.seed for run in plan.runs} == {0, 1} and len(plan.runs) == 2 * len({r.algo for r in plan.runs})
+    assert {run.seed for run in plan.runs} == {0, 1} and len(plan.runs) == 2 * len({(r.physics, r.algo) for r in plan.runs})
     for run in plan.runs:
-        assert {p.name for p in run.run_dir.iterdir()} == {"config.json", "metrics.csv", "summary.json", "policy.pt"}
+        assert {p.name for p in run.run_dir.iterdir()} == FINISHED_FILES
         assert run_status(run) == "done"
     manifest = json.loads((results / "smoke" / "experiment.json").read_text())
     assert [(r["algo"], r["seed"]) for r in manifest["runs"]] == [(r.algo, r.seed) for r in plan.runs]
@@ -59,7 +62,8 @@ def test_smoke_experiment_end_to_end(finished_smoke):
         done = run_script(name, exp_dir)
         assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader((exp_dir / "summary.csv").open()))
-    assert [row["algo"] for row in rows] == manifest["algos"]
+    assert sorted((row["physics"], row["algo"]) for row in rows) == sorted(
+        (physics, algo) for physics in manifest["physics"] for algo in manifest["algos"])
     for row in rows:
         assert row["n_seeds"] == "2"
         assert float(row["final_return_mean_ci_low"]) <= float(row["final_return_mean"]) <= float(
@@ -83,6 +87,7 @@ def test_resume_reruns_an_unfinished_run_cleanly(smoke_copy, caplog):
     plan = load_experiment(SMOKE, smoke_copy)
     killed, kept = plan.runs[1], plan.runs[0]
     (killed.run_dir / "summary.json").unlink()
+    (killed.run_dir / "checkpoint.pt").unlink()  # killed before its first checkpoint
     (killed.run_dir / "stale.tmp").write_text("left by a killed run")
     kept_mtime = (kept.run_dir / "summary.json").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="research.experiment"):
@@ -94,6 +99,56 @@ def test_resume_reruns_an_unfinished_run_cleanly(smoke_copy, caplog):
     # moved aside, not deleted
     [aside] = (smoke_copy / "smoke" / "superseded").glob(f"unfinished-*/{killed.name}")
     assert (aside / "stale.tmp").read_text() == "left by a killed run" and not (aside / "summary.json").exists()
+
+
+def test_resume_continues_a_killed_run_in_place_from_its_checkpoint(finished_smoke, smoke_copy, caplog, capsys):
+    from research.algos.bptt import BPTT
+    from research.harness import train
+    from research.runs import RunWriter
+
+    plan = load_experiment(SMOKE, smoke_copy)
+    killed = next(run for run in plan.runs if run.algo == "bptt")
+    other = next(run for run in plan.runs if run.algo == "shac")
+    reference = json.loads((killed.run_dir / "summary.json").read_text())
+    shutil.rmtree(killed.run_dir)
+
+    def dies_at_iteration_4(config, run):
+        algo = BPTT(config, run)
+        step = algo.step
+        algo.step = lambda i: (_ for _ in ()).throw(KeyboardInterrupt) if i == 4 else step(i)
+        return algo
+
+    # checkpoints after every iteration: checkpoint_every_s is not part of the config hash, so the runner resumes it
+    config = dataclasses.replace(killed.config, checkpoint_every_s=1e-9)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the runner's process (cpus_per_run=1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(config, dies_at_iteration_4, RunWriter(killed.run_dir, "bptt", config, "smoke"), quiet=True,
+                  name="bptt")
+    finally:
+        torch.set_num_threads(threads)
+    (other.run_dir / "summary.json").unlink()  # unfinished, with a checkpoint of another config: moved aside
+    config_path = other.run_dir / "config.json"
+    stale = torch.load(other.run_dir / "checkpoint.pt", weights_only=True)
+    stale["config_hash"] = "0" * 16
+    torch.save(stale, other.run_dir / "checkpoint.pt")
+    assert run_status(killed) == "resumable" and run_status(other) == "incomplete" and config_path.exists()
+    assert main([str(SMOKE), "--results", str(smoke_copy), "--dry-run"]) == 0
+    assert "resumable" in capsys.readouterr().out
+
+    with caplog.at_level(logging.INFO, logger="research.experiment"):
+        outcome = run_experiment(SMOKE, smoke_copy, jobs=1, cpus_per_run=1, quiet=True)
+    assert sorted(outcome.completed) == sorted([killed.name, other.name])
+    assert f"{killed.name}: unfinished: resuming in place from its checkpoint after iteration 3" in caplog.text
+    assert f"{other.name}: unfinished run" in caplog.text
+    summary = outcome.completed[killed.name]
+    assert summary["resumed_after"] == [3]
+    clocks = {"wall_time_s", "eval_time_s", "checkpoint_time_s", "resumed_after"}
+    assert {k: v for k, v in summary.items() if k not in clocks} == {
+        k: v for k, v in reference.items() if k not in clocks}
+    assert not list((smoke_copy / "smoke" / "superseded").glob(f"*/{killed.name}"))
+    assert list((smoke_copy / "smoke" / "superseded").glob(f"unfinished-*/{other.name}"))
 
 
 def test_changed_config_reruns_and_says_so(smoke_copy, tmp_path, caplog):
@@ -109,7 +164,7 @@ def test_changed_config_reruns_and_says_so(smoke_copy, tmp_path, caplog):
     old_hash = config_hash(load_experiment(SMOKE, smoke_copy).runs[0].config)
     aside = exp_dir / "superseded" / old_hash / "bptt" / "seed_0"  # the finished run, moved aside whole
     assert json.loads((aside / "summary.json").read_text())["config_hash"] == old_hash
-    assert {p.name for p in aside.iterdir()} == {"config.json", "metrics.csv", "summary.json", "policy.pt"}
+    assert {p.name for p in aside.iterdir()} == FINISHED_FILES
     done = run_script("aggregate", exp_dir)
     assert done.returncode == 0 and "not planned" in done.stderr and "superseded" not in done.stderr
     rows = {row["algo"]: row for row in csv.DictReader((exp_dir / "summary.csv").open())}
@@ -315,6 +370,6 @@ def test_smoke_experiment_on_a_local_ray_instance(tmp_path, monkeypatch):
     assert outcome.ok and sorted(outcome.completed) == sorted(run.name for run in outcome.plan.runs)
     for run in outcome.plan.runs:
         assert run_status(run) == "done"
-        assert {p.name for p in run.run_dir.iterdir()} == {"config.json", "metrics.csv", "summary.json", "policy.pt"}
+        assert {p.name for p in run.run_dir.iterdir()} == FINISHED_FILES
     again = run_experiment(SMOKE, tmp_path, jobs=2, backend="ray", cpus_per_run=1, quiet=True)
     assert not again.completed and len(again.skipped) == len(outcome.plan.runs)

@@ -34,7 +34,16 @@ from torch import Tensor
 from research import harness
 from research.config import ConfigError, RunConfig
 from research.envs import PendulumEnv, PendulumParams
-from research.harness import RunContext, Writer, make_scheduler, redraw_finished, staggered_start
+from research.harness import (
+    Checkpointable,
+    RunContext,
+    Writer,
+    load_state,
+    make_scheduler,
+    redraw_finished,
+    save_state,
+    staggered_start,
+)
 from research.policies import SquashedMLP, make_actor, make_policy
 from research.rollout import RolloutState, fused_rollout, initial_state
 
@@ -124,8 +133,10 @@ def env_rollout_rewards(env: PendulumEnv, policy: SquashedMLP, state: Tensor, pa
     return rollout["next", "reward"].squeeze(-1)
 
 
-class BPTT:
+class BPTT(Checkpointable):
     """BPTT's state (policy, optimizer, schedule, carried systems) and its step, run by :func:`research.harness.train`."""
+
+    STATE = ("policy", "optimizer", "scheduler", "params", "carried")
 
     def __init__(self, config: BPTTConfig, run: RunContext) -> None:
         self.config, self.run = config, run
@@ -144,6 +155,19 @@ class BPTT:
         self.params = self.system.params(self.batch, run.generator, run.device, run.dtype)
         self.carried = (staggered_start(config.num_envs, config.env.episode_length, self.system, run.generator,
                                         run.device, run.dtype, self.params) if config.window else None)
+
+    def state_dict(self) -> dict:
+        """The policy, Adam, the schedule, the episodes' parameters, the carried states (truncated mode) and, with
+        ``rollout = "env"``, the environment's generator."""
+        state = super().state_dict()
+        if self.env is not None:
+            state["env_rng"] = save_state(self.env.rng)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.env is not None:
+            load_state(self.env.rng, state["env_rng"])
 
     def rollout_rewards(self) -> Tensor:
         """Rewards ``[B, H]`` (or ``[B, K]`` in truncated mode) of one differentiable rollout of the policy."""

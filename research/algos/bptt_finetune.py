@@ -70,10 +70,21 @@ class BPTTFinetune(BPTT):
     def __init__(self, config: BPTTFinetuneConfig, run: RunContext) -> None:
         super().__init__(config, run)
         self.iterations = config.iterations + config.finetune.iterations
+        self.stage = 0
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "stage": self.stage}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A checkpoint of the second stage first switches to it (its batch, horizon and fresh Adam), then loads."""
+        if state["stage"] and not self.stage:
+            self.start_finetuning()
+        super().load_state_dict(state)
 
     def start_finetuning(self) -> None:
         """The stage's batch (fresh parameters for it), horizon and discount, full-horizon rollouts, a fresh Adam."""
         stage, run = self.config.finetune, self.run
+        self.stage = 1
         self.horizon, self.discount, self.full_horizon = stage.horizon, stage.discount, True
         self.batch = (stage.num_envs,)
         self.params = self.system.params(self.batch, run.generator, run.device, run.dtype)

@@ -172,6 +172,7 @@ class DDPG(OffPolicy):
     """DDPG's networks, losses, optimizers and soft target update on the shared collect -> store -> update step."""
 
     STATS = ("train/loss_actor", "train/loss_critic", "train/q_mean")
+    STATE = (*OffPolicy.STATE, "losses", "actor_optimizer", "critic_optimizer")
 
     def __init__(self, config: DDPGConfig, run: RunContext) -> None:
         super().__init__(config, run)

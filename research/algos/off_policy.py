@@ -11,6 +11,11 @@ Episodes are truncated at ``env.episode_length`` (200) steps. Truncation is not 
 bootstrap through the last step of an episode (TorchRL's value estimators read ``terminated``, which stays
 ``False`` on the pendulum). ``env.backend = "gymnasium"`` trains on TorchRL's ``GymEnv("Pendulum-v1")`` instead of
 our simulator; evaluation always uses the shared evaluator on our simulator (the two agree to float precision).
+
+A checkpoint (:mod:`research.harness`) keeps the networks and their targets, the optimizers, the counters, the filled
+part of the replay buffer with its writer's position, and the :class:`~research.collect.SimulatorCollector`'s carried
+episodes and generator. Runs on TorchRL's Collector (``env.backend = "gymnasium"``, or DDPG/TD3 with
+``noise = "ou"``) are not checkpointed: its environment's carried state is not something it can hand over.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
@@ -29,7 +34,7 @@ from torchrl.modules import MLP, ValueOperator
 from research.collect import Explore, SimulatorCollector
 from research.config import ConfigError, EvalConfig, RunConfig
 from research.envs.system_env import make_env
-from research.harness import DTYPES, RunContext
+from research.harness import DTYPES, Checkpointable, RunContext
 from research.linear import accelerate
 from research.policies import ACTIVATIONS, Activation, make_policy
 from research.systems import System
@@ -146,7 +151,25 @@ def episode_returns(batch: TensorDictBase) -> Tensor:
     return batch["next", "episode_reward"].squeeze(-1)[done]
 
 
-class OffPolicy:
+def buffer_state(buffer: ReplayBuffer) -> dict[str, Any]:
+    """What a checkpoint keeps of a replay buffer on a :class:`~torchrl.data.LazyTensorStorage`: the filled rows in
+    storage order (not the whole preallocated capacity, which ``ReplayBuffer.state_dict`` would save) and the
+    writer's and sampler's states."""
+    filled = len(buffer.storage)
+    return {"rows": filled, "data": buffer.storage[:filled].clone().to_dict() if filled else None,
+            "writer": buffer.writer.state_dict(), "sampler": buffer.sampler.state_dict()}
+
+
+def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
+    """Puts :func:`buffer_state`'s rows back into an empty ``buffer`` at the same storage indices, then the writer's
+    position: the buffer samples exactly what the saved one would."""
+    if state["data"] is not None:
+        buffer.extend(TensorDict(state["data"], batch_size=[state["rows"]], device=buffer.storage.device))
+    buffer.writer.load_state_dict(state["writer"])
+    buffer.sampler.load_state_dict(state["sampler"])
+
+
+class OffPolicy(Checkpointable):
     """The collect -> store -> update step of a replay-buffer learner; subclasses build the networks and the update.
 
     It builds ``policy``, the deterministic :class:`~research.policies.SquashedMLP` that is evaluated and saved (the
@@ -156,6 +179,7 @@ class OffPolicy:
     """
 
     STATS: ClassVar[tuple[str, ...]] = ()
+    STATE: ClassVar[tuple[str, ...]] = ("policy", "updates")
 
     def __init__(self, config: OffPolicyConfig, run: RunContext) -> None:
         self.config, self.run = config, run
@@ -185,6 +209,23 @@ class OffPolicy:
         self.batches = iter(self.collector)
         self.buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size, device=device),
                                    batch_size=config.batch_size)
+
+    @property
+    def checkpoint_unsupported(self) -> str:
+        """Why this run cannot be checkpointed (``""``: it can)."""
+        if isinstance(self.collector, SimulatorCollector):
+            return ""
+        return "TorchRL's Collector (env.backend='gymnasium' or noise='ou') carries environment state it cannot save"
+
+    def state_dict(self) -> dict[str, Any]:
+        """``STATE`` (networks, optimizers, counters), the replay buffer and the collector."""
+        return {**super().state_dict(), "buffer": buffer_state(self.buffer),
+                "collector": self.collector.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        load_buffer_state(self.buffer, state["buffer"])
+        self.collector.load_state_dict(state["collector"])
 
     def update(self, sample: TensorDictBase) -> Tensor:
         raise NotImplementedError

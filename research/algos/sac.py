@@ -83,6 +83,7 @@ class SAC(OffPolicy):
     """SAC's actor, twin critics, temperature, loss, optimizer and target updater on the shared step."""
 
     STATS = ("train/loss_actor", "train/loss_critic", "train/loss_alpha", "train/alpha", "train/entropy")
+    STATE = (*OffPolicy.STATE, "loss_module", "optimizer")
 
     def __init__(self, config: SACConfig, run: RunContext) -> None:
         super().__init__(config, run)

@@ -45,7 +45,15 @@ from torchrl.objectives.value.functional import td_lambda_return_estimate
 
 from research import harness
 from research.config import ConfigError, RunConfig
-from research.harness import RunContext, SkipGuard, Writer, make_scheduler, redraw_finished, staggered_start
+from research.harness import (
+    Checkpointable,
+    RunContext,
+    SkipGuard,
+    Writer,
+    make_scheduler,
+    redraw_finished,
+    staggered_start,
+)
 from research.linear import accelerate
 from research.policies import ACTIVATIONS, Activation, SquashedMLP, make_policy
 from research.rollout import Rollout, RolloutState, fused_rollout
@@ -226,8 +234,11 @@ def train_critic(critic: nn.Module, optimizer: torch.optim.Optimizer, observatio
     return torch.stack(losses).mean()
 
 
-class SHAC:
+class SHAC(Checkpointable):
     """SHAC's state (policy, critic and its target, optimizers, carried systems) and its step."""
+
+    STATE = ("policy", "critic", "target_critic", "actor_optimizer", "critic_optimizer", "schedulers", "params",
+             "carried", "episode_return")
 
     def __init__(self, config: SHACConfig, run: RunContext) -> None:
         self.config, self.run = config, run

@@ -51,6 +51,7 @@ class TD3(OffPolicy):
     """TD3's actor, twin critics, loss, optimizers and target updater on the shared collect -> store -> update step."""
 
     STATS = ("train/loss_actor", "train/loss_critic", "train/q_mean")
+    STATE = (*OffPolicy.STATE, "loss_module", "actor_optimizer", "critic_optimizer", "critic_updates")
 
     def __init__(self, config: TD3Config, run: RunContext) -> None:
         super().__init__(config, run)

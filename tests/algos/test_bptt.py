@@ -21,7 +21,7 @@ def test_smoke_run_writes_every_output_file(tmp_path):
                "--set", "eval.episodes=16", "--set", "eval.interval_env_steps=160"])
     assert rc == 0
     out = tmp_path / "smoke" / "bptt" / "seed_1"
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "summary.json", "policy.pt"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "summary.json", "policy.pt", "checkpoint.pt"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algo"] == "bptt" and summary["seed"] == 1
     assert summary["env_steps"] == 4 * 8 * 10

@@ -77,7 +77,7 @@ def test_smoke_run_writes_every_output_file(tmp_path):
                "--set", "eval.episodes=16", "--set", "eval.interval_env_steps=160"])
     assert rc == 0
     out = tmp_path / "smoke" / "shac" / "seed_1"
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "summary.json", "policy.pt"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "summary.json", "policy.pt", "checkpoint.pt"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algo"] == "shac" and summary["seed"] == 1 and summary["env_steps"] == 4 * 8 * 10
     rows = list(csv.DictReader((out / "metrics.csv").open()))

@@ -72,7 +72,7 @@ def test_smoke_run_writes_every_output_file(tmp_path, algo):
     assert main(["--algo", algo, "--seed", "1", "--results", str(tmp_path), "--experiment", "smoke", "--quiet",
                  *TINY_CLI]) == 0
     out = tmp_path / "smoke" / algo / "seed_1"
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "summary.json", "policy.pt"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "summary.json", "policy.pt", "checkpoint.pt"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algo"] == algo and summary["env_steps"] == 300 and summary["updates"] == 200
     assert summary["skipped_updates"] == 0
