@@ -289,8 +289,8 @@ class ExperimentConfig:
             except ConfigError:
                 unknown.append(entry)
         if unknown:
-            raise ConfigError(f"experiment.physics must list pendulum presets from {list(PRESETS)}, systems from "
-                              f"{list(SYSTEMS)} or 'system:preset', got unknown {unknown}")
+            raise ConfigError(f"experiment.physics must list presets (the pendulum's {list(PRESETS)}), systems "
+                              f"({list(SYSTEMS)}) or 'system:preset', got unknown {unknown}")
         if len(set(self.physics)) != len(self.physics):
             raise ConfigError(f"experiment.physics must not repeat a preset, got {self.physics}")
 

@@ -196,9 +196,10 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
     for physics in settings.physics or [None]:
         for algo in algos:
             table = data.get(algo, {})
-            if physics and {"physics", "system"} & set(table.get("env", {})):
-                raise ConfigError(f"{path}: [{algo}.env] sets physics or system while experiment.physics crosses "
-                                  "them; remove one of them")
+            clash = sorted({"physics", "system"} & set(table.get("env", {}))) if physics else []
+            if clash:
+                raise ConfigError(f"{path}: [{algo}.env] sets {clash[0]} while experiment.physics crosses presets and "
+                                  "systems; remove one of them")
             extra = []
             if physics:
                 system, preset, _ = physics_entry(physics)

@@ -157,12 +157,12 @@ def test_changed_config_reruns_and_says_so(smoke_copy, tmp_path, caplog):
                        .replace("iterations = 5", "iterations = 3"))
     with caplog.at_level(logging.INFO, logger="research.experiment"):
         outcome = run_experiment(changed, smoke_copy, jobs=2, cpus_per_run=1, quiet=True)
-    assert "bptt/seed_0" in outcome.completed and outcome.completed["bptt/seed_0"]["iterations"] == 3
-    assert "bptt/seed_0: the config changed" in caplog.text
-    assert "no longer plans" in caplog.text and "bptt/seed_1" in caplog.text
+    assert "default/bptt/seed_0" in outcome.completed and outcome.completed["default/bptt/seed_0"]["iterations"] == 3
+    assert "default/bptt/seed_0: the config changed" in caplog.text
+    assert "no longer plans" in caplog.text and "default/bptt/seed_1" in caplog.text
     exp_dir = smoke_copy / "smoke"
     old_hash = config_hash(load_experiment(SMOKE, smoke_copy).runs[0].config)
-    aside = exp_dir / "superseded" / old_hash / "bptt" / "seed_0"  # the finished run, moved aside whole
+    aside = exp_dir / "superseded" / old_hash / "default" / "bptt" / "seed_0"  # the finished run, moved aside whole
     assert json.loads((aside / "summary.json").read_text())["config_hash"] == old_hash
     assert {p.name for p in aside.iterdir()} == FINISHED_FILES
     done = run_script("aggregate", exp_dir)
@@ -175,21 +175,21 @@ def test_changed_config_reruns_and_says_so(smoke_copy, tmp_path, caplog):
         again = run_experiment(SMOKE, smoke_copy, jobs=2, cpus_per_run=1, quiet=True)
     assert again.ok and not again.completed and "moved back from" in caplog.text
     assert run_status(again.plan.runs[0]) == "done" and not aside.exists()
-    new_hash = outcome.completed["bptt/seed_0"]["config_hash"]
-    assert (exp_dir / "superseded" / new_hash / "bptt" / "seed_0" / "summary.json").is_file()
+    new_hash = outcome.completed["default/bptt/seed_0"]["config_hash"]
+    assert (exp_dir / "superseded" / new_hash / "default" / "bptt" / "seed_0" / "summary.json").is_file()
     assert "superseded" not in "".join(experiment_module._unplanned_run_dirs(again.plan))
 
 
 def test_set_overrides_values_and_moves_the_changed_runs_aside(smoke_copy, capsys):
     exp_dir = smoke_copy / "smoke"
-    before = json.loads((exp_dir / "bptt" / "seed_0" / "summary.json").read_text())["config_hash"]
+    before = json.loads((exp_dir / "default" / "bptt" / "seed_0" / "summary.json").read_text())["config_hash"]
     assert main([str(SMOKE), "--results", str(smoke_copy), "--quiet", "--jobs", "2", "--cpus-per-run", "1",
                  "--set", "bptt.iterations=3", "--set", "experiment.seeds=[0]"]) == 0
     plan = load_experiment(SMOKE, smoke_copy, overrides=["bptt.iterations=3", "experiment.seeds=[0]"])
     assert [run.seed for run in plan.runs] == [0] * len(plan.runs)
-    config = json.loads((exp_dir / "bptt" / "seed_0" / "config.json").read_text())
+    config = json.loads((exp_dir / "default" / "bptt" / "seed_0" / "config.json").read_text())
     assert config["config"]["iterations"] == 3 and config["config_hash"] != before
-    assert (exp_dir / "superseded" / before / "bptt" / "seed_0" / "summary.json").is_file()
+    assert (exp_dir / "superseded" / before / "default" / "bptt" / "seed_0" / "summary.json").is_file()
     assert all(run_status(run) == "done" for run in plan.runs)  # the other algorithms' seed 0: unchanged, kept
     manifest = json.loads((exp_dir / "experiment.json").read_text())
     assert manifest["overrides"] == ["bptt.iterations=3", "experiment.seeds=[0]"]
