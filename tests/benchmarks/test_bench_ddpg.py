@@ -19,16 +19,16 @@ from research.algos.ddpg import (
     TRANSITION_KEYS,
     DDPGConfig,
     DDPGLosses,
+    gaussian_explore,
     make_adam,
     make_critic,
     make_environment,
-    gaussian_explore,
     make_exploration,
     update,
 )
 from research.collect import SimulatorCollector
-from research.envs.presets import get_physics
 from research.config import EnvConfig
+from research.envs.presets import get_physics
 from research.harness import SkipGuard
 from research.policies import make_actor, make_policy
 
