@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 from collections.abc import Sequence
@@ -82,8 +83,31 @@ def load_optima(path: Path) -> Optima:
         return {}
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return {row["physics"]: (float(row["return_mean"]), float(row["zero_torque_return_mean"])) for row in rows
-            if row.get("optimum") == "1" and int(float(row.get("episodes") or PROTOCOL_EPISODES)) == PROTOCOL_EPISODES}
+    optima = {row["physics"]: (float(row["return_mean"]), float(row["zero_torque_return_mean"])) for row in rows
+              if row.get("optimum") == "1" and int(float(row.get("episodes") or PROTOCOL_EPISODES)) == PROTOCOL_EPISODES}
+    return {**optima, **system_references(path.parent)}
+
+
+def system_references(optimal_dir: Path) -> Optima:
+    """``{system: (R_ref, R_zero)}`` for the systems beyond the pendulum: ``R_ref`` the trajectory-optimisation
+    reference of ``<optimal_dir>/<system>/summary.json`` (``make optimal-systems``; achievable, a lower bound on the
+    optimum), ``R_zero`` the return of the zero action from the same 1000 evaluation states (simulated here)."""
+    out: Optima = {}
+    for summary in sorted(optimal_dir.glob("*/summary.json")):
+        data = json.loads(summary.read_text())
+        reference = data.get("reference") or {}
+        if not data.get("system") or int(reference.get("episodes", 0)) != PROTOCOL_EPISODES:
+            continue
+        import torch
+
+        from research.evaluation import evaluate_policy
+        from research.systems import get_system
+
+        system = get_system(data["system"], data.get("physics", "default"))
+        zero = evaluate_policy(lambda obs: torch.zeros(*obs.shape[:-1], system.action_dim), physics=system)
+        key = data["system"] if data.get("physics", "default") == "default" else f"{data['system']}-{data['physics']}"
+        out[key] = (float(reference["return_mean"]), float(zero["return_mean"]))
+    return out
 
 
 def evaluation_physics(run: Run) -> str:
@@ -97,9 +121,11 @@ def evaluation_physics(run: Run) -> str:
     seeds = (("seed", PROTOCOL_SEED), ("noise_seed", PROTOCOL_NOISE_SEED), ("params_seed", PROTOCOL_PARAMS_SEED))
     if any(int(evaluation.get(key, value)) != value for key, value in seeds):
         return ""
-    if evaluation.get("physics"):
-        return str(evaluation["physics"])
-    return "" if env.get("params") else str(env.get("physics") or "default")
+    system = str(env.get("system") or "pendulum")
+    preset = str(evaluation.get("physics") or ("" if env.get("params") else env.get("physics") or "default"))
+    if system == "pendulum" or not preset:
+        return preset
+    return system if preset == "default" else f"{system}-{preset}"
 
 
 def optimum_columns(final_return: float, physics: str, optima: Optima) -> dict:

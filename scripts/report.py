@@ -123,9 +123,11 @@ def optimum_note(rows: list[dict]) -> list[str]:
     optima = sorted({(row["physics"], float(row["optimum"])) for row in rows if row.get("optimum") not in ("", None)})
     values = ", ".join(f"`{name}` {value:.1f}" for name, value in optima)
     return ["Gap to optimum: `R_opt - R` for the mean final return `R`, where `R_opt` is the best return of the "
-            f"dynamic-programming yardstick on the physics the runs were scored on ({values}; "
-            "[`results/optimal/REPORT.md`](../optimal/REPORT.md), `make optimal`: the greedy policy of a value "
-            "table on a fine grid, achievable, so a lower bound on the true optimum). Normalized score: `(R - R_zero) "
+            f"optimal-control yardstick on the physics the runs were scored on ({values}; "
+            "[`results/optimal/REPORT.md`](../optimal/REPORT.md), `make optimal`: for the pendulum's presets the "
+            "greedy policy of a dynamic-programming value table on a fine grid, for the other systems per-start "
+            "trajectory optimisation or the reference controller, whichever is better; both achievable, so lower "
+            "bounds on the true optimum). Normalized score: `(R - R_zero) "
             "/ (R_opt - R_zero)`, `R_zero` the return of never pushing: 0 is doing nothing, 1 the optimum. "
             "Wall-clock to 0.9: the median training seconds to the first evaluation at a normalized score of at "
             "least 0.9, over the seeds that got there (count in brackets).", ""]

@@ -86,9 +86,15 @@ def preset_verdicts(summary: list[dict], per_run: list[dict]) -> list[dict]:
             winner = "tie"
         verdicts.append({"physics": physics, "backprop": bp, "model_free": mf, "difference": diff, "low": low,
                          "high": high, "winner": winner,
-                         "time_ratio": _float(mf["wall_time_s_to_90"]) / _float(bp["wall_time_s_to_90"]),
-                         "steps_ratio": _float(mf["env_steps_to_90"]) / _float(bp["env_steps_to_90"])})
+                         "time_ratio": _cell_ratio(mf["wall_time_s_to_90"], bp["wall_time_s_to_90"]),
+                         "steps_ratio": _cell_ratio(mf["env_steps_to_90"], bp["env_steps_to_90"])})
     return verdicts
+
+
+def _cell_ratio(a: object, b: object) -> float:
+    """``a / b`` of two table cells, NaN when either is missing or ``b`` is 0 (a threshold met at the start)."""
+    a, b = _float(a), _float(b)
+    return a / b if b and math.isfinite(a) and math.isfinite(b) else math.nan
 
 
 def _score(row: dict) -> str:
