@@ -1,4 +1,4 @@
-"""Differentiable-physics policy learning on a batched Pendulum-v1, with model-free baselines."""
+"""Differentiable-physics policy learning on batched pendulum, cart-pole and acrobot simulators, with model-free baselines."""
 
 from __future__ import annotations
 
