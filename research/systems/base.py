@@ -28,6 +28,7 @@ and the static feature selection are built from the table.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -312,6 +313,11 @@ class System:
     def features(self) -> frozenset[str]:
         """The optional terms some episode of this variant needs (static, no host sync): every corner of the
         ``ranges`` box is tried, so monotone conditions (all of today's) are decided exactly."""
+        return self._terms
+
+    @functools.cached_property
+    def _terms(self) -> frozenset[str]:
+        """:attr:`features`, computed once per instance (resets and rollouts ask for it often)."""
         values = self.defaults()
         corners = itertools.product(*(self.ranges[n] if n in self.ranges else (values[n],) for n in self.param_names()))
         on: set[str] = set()

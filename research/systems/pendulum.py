@@ -38,6 +38,7 @@ reward. The trainers catch the resulting non-finite loss or gradient before it r
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -503,10 +504,11 @@ class Pendulum(System):
 
     feature_rules = staticmethod(feature_rules)
 
-    @property
+    @functools.cached_property
     def features(self) -> PhysicsFeatures:
-        """Which optional physics terms this variant needs (static, no host sync): pass to the rollouts."""
-        return PhysicsFeatures(**{f.name: f.name in System.features.fget(self) for f in fields(PhysicsFeatures)})
+        """Which optional physics terms this variant needs (static, no host sync, computed once): pass to the
+        rollouts."""
+        return PhysicsFeatures(**{f.name: f.name in self._terms for f in fields(PhysicsFeatures)})
 
     def features_of(self, params: Any) -> PhysicsFeatures:
         return physics_features(params)
