@@ -3,7 +3,7 @@ PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 # torch goes in first: this version is the CPU wheel cached on the dev machines; any torch >= 2.5 works.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,distributed,plots
+EXTRAS ?= dev,distributed,plots,stats,tune
 EXP ?= pendulum_compare
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BACKEND ?= local
