@@ -5,7 +5,10 @@
 
 The ``[experiment]`` table names the seeds and algorithms (default: every algorithm table in the file); each run
 writes ``<results>/<experiment>/<algo>/seed_<k>/`` (see :mod:`research.runs`). With ``physics = [...]`` (preset
-names) every algorithm and seed also runs on every preset, into ``<results>/<experiment>/<physics>/<algo>/seed_<k>/``. Resume rules, checked for every run
+names) every algorithm and seed also runs on every preset, into ``<results>/<experiment>/<physics>/<algo>/seed_<k>/``. A table whose name is not an algorithm but which
+holds ``algo = "<algorithm>"`` is a *variant*: ``[bptt_squash]`` with ``algo = "bptt"`` and ``squash_penalty = 1e-3``
+runs BPTT with that setting under the name ``bptt_squash`` (its own run directories, ``--set bptt_squash.*`` and rows in
+the reports), beside plain ``[bptt]``. Resume rules, checked for every run
 before anything starts (nothing is ever deleted: a run that is replaced is moved aside, into
 ``<results>/<experiment>/superseded/``, which the scripts never read):
 
@@ -108,10 +111,16 @@ class PlannedRun:
     run_dir: Path
     config_hash: str
     physics: str | None = None
+    label: str = ""
+    """The table the run comes from: ``algo`` itself, or a variant's name (``bptt_squash``)."""
+
+    @property
+    def table(self) -> str:
+        return self.label or self.algo
 
     @property
     def name(self) -> str:
-        run = f"{self.algo}/seed_{self.seed}"
+        run = f"{self.table}/seed_{self.seed}"
         return f"{self.physics}/{run}" if self.physics else run
 
 
@@ -142,16 +151,41 @@ class ExperimentOutcome:
 
 
 # ---------------------------------------------------------------------------------------------------- planning
-def _split_overrides(data: dict[str, Any], overrides: Sequence[str]) -> tuple[dict[str, Any], dict[str, list[str]],
-                                                                               list[str]]:
-    """``--set`` overrides of an experiment: ``(data with experiment.* set, {algo: its own}, every algorithm's)``."""
+VARIANT_KEY = "algo"
+"""The key of a variant table naming the registered algorithm it runs."""
+
+
+def experiment_tables(path: Path, data: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``{table name: (registered algorithm, table without the variant key)}`` for every algorithm and variant table
+    of an experiment file; any other table (but ``[experiment]``) raises a one-line :class:`ConfigError`."""
+    tables = {}
+    for key, table in data.items():
+        if key == "experiment":
+            continue
+        if key in ALGOS:
+            tables[key] = (key, table)
+            continue
+        algo = table.get(VARIANT_KEY) if isinstance(table, dict) else None
+        if algo is None:
+            raise ConfigError(f"{path}: unknown table [{key}]; expected [experiment], one of {list(ALGOS)}, or a "
+                              f"variant table with {VARIANT_KEY} = \"<one of those>\"")
+        if algo not in ALGOS:
+            raise ConfigError(f"{path}: [{key}].{VARIANT_KEY} must be one of {list(ALGOS)}, got {algo!r}")
+        tables[key] = (algo, {k: v for k, v in table.items() if k != VARIANT_KEY})
+    return tables
+
+
+def _split_overrides(data: dict[str, Any], overrides: Sequence[str], tables: Sequence[str] = ALGOS
+                     ) -> tuple[dict[str, Any], dict[str, list[str]], list[str]]:
+    """``--set`` overrides of an experiment: ``(data with experiment.* set, {table: its own}, every algorithm's)``;
+    ``tables`` are the names a per-table override may start with (the algorithms and the file's variants)."""
     per_algo: dict[str, list[str]] = {}
     common = []
     for text in overrides:
         keys, _ = parse_override(text)
         if keys[0] == "experiment":
             data = apply_overrides(data, [text])
-        elif keys[0] in ALGOS:
+        elif keys[0] in ALGOS or keys[0] in tables:
             if len(keys) < 2:
                 raise ConfigError(f"--set {text!r}: name a field of [{keys[0]}], e.g. {keys[0]}.seed=1")
             per_algo.setdefault(keys[0], []).append(".".join(keys[1:]) + "=" + text.split("=", 1)[1])
@@ -174,15 +208,14 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
     if GRADIENT_STUDY in data:
         raise ConfigError(f"{path} is a gradient study, not a set of training runs: run_experiment() hands it to "
                           "research.analysis.gradients")
-    for key in data:
-        if key not in ALGOS and key != "experiment":
-            raise ConfigError(f"{path}: unknown table [{key}]; expected [experiment] or one of {list(ALGOS)}")
-    data, per_algo, common = _split_overrides(data, overrides)
+    tables = experiment_tables(path, data)
+    data, per_algo, common = _split_overrides(data, overrides, list(tables))
     settings = from_dict(ExperimentConfig, data.get("experiment", {}), prefix="experiment.")
-    algos = settings.algos or [key for key in data if key in ALGOS]
+    algos = settings.algos or list(tables)
     for algo in algos:
-        if algo not in ALGOS:
-            raise ConfigError(f"{path}: unknown algorithm {algo!r} in experiment.algos; valid: {list(ALGOS)}")
+        if algo not in ALGOS and algo not in tables:
+            raise ConfigError(f"{path}: unknown algorithm {algo!r} in experiment.algos; valid: "
+                              f"{list(ALGOS) + [t for t in tables if t not in ALGOS]}")
     if not algos:
         raise ConfigError(f"{path}: no algorithm to run; add a table such as [bptt] or list experiment.algos")
     if not settings.seeds or len(set(settings.seeds)) != len(settings.seeds):
@@ -194,11 +227,11 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
     overrides = ([f"device={json.dumps(device)}"] if device else []) + common
     runs = []
     for physics in settings.physics or [None]:
-        for algo in algos:
-            table = data.get(algo, {})
+        for name in algos:
+            algo, table = tables.get(name, (name, {}))
             clash = sorted({"physics", "system"} & set(table.get("env", {}))) if physics else []
             if clash:
-                raise ConfigError(f"{path}: [{algo}.env] sets {clash[0]} while experiment.physics crosses presets and "
+                raise ConfigError(f"{path}: [{name}.env] sets {clash[0]} while experiment.physics crosses presets and "
                                   "systems; remove one of them")
             extra = []
             if physics:
@@ -207,12 +240,12 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
                 extra += [f"env.system={json.dumps(system)}"] if system != "pendulum" else []
             for seed in settings.seeds:
                 try:
-                    config = resolve_config(algo, table, seed, overrides + per_algo.get(algo, []) + extra)
+                    config = resolve_config(algo, table, seed, overrides + per_algo.get(name, []) + extra)
                 except ImportError as err:
                     raise ConfigError(f"algorithm {algo!r} is registered but cannot be imported: {err}") from None
                 folder = physics_entry(physics)[2] if physics else None
-                runs.append(PlannedRun(algo, seed, config, run_dir(results, path.stem, algo, seed, folder),
-                                       config_hash(config), physics))
+                runs.append(PlannedRun(algo, seed, config, run_dir(results, path.stem, name, seed, folder),
+                                       config_hash(config), physics, "" if name == algo else name))
     return ExperimentPlan(path.stem, path, settings, Path(results) / path.stem, runs, given)
 
 
@@ -291,7 +324,8 @@ def write_manifest(plan: ExperimentPlan, invocation: dict | None = None) -> None
     ``invocations`` that ran runs (start time, wall-clock, runs run and failed, jobs): earlier ones are kept while
     every run they planned is still planned unchanged, ``invocation`` (if given) is appended."""
     plan.directory.mkdir(parents=True, exist_ok=True)
-    runs = [{"algo": run.algo, "seed": run.seed, "config_hash": run.config_hash,
+    runs = [{"algo": run.table, **({"trainer": run.algo} if run.label else {}), "seed": run.seed,
+             "config_hash": run.config_hash,
              "path": str(run.run_dir.relative_to(plan.directory)), **({"physics": run.physics} if run.physics else {})}
             for run in plan.runs]
     invocations = []
@@ -309,7 +343,7 @@ def write_manifest(plan: ExperimentPlan, invocation: dict | None = None) -> None
         **({"overrides": plan.overrides} if plan.overrides else {}),
         "description": plan.settings.description,
         "seeds": plan.settings.seeds,
-        "algos": list(dict.fromkeys(run.algo for run in plan.runs)),
+        "algos": list(dict.fromkeys(run.table for run in plan.runs)),
         **({"physics": plan.settings.physics} if plan.settings.physics else {}),
         "runs": runs,
         "invocations": invocations,
@@ -329,23 +363,24 @@ def default_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
 
-def execute_run(algo: str, config: Any, out_dir: str | Path, experiment: str, threads: int) -> dict:
-    """Body of one worker: trains ``algo`` with ``threads`` torch threads into ``out_dir``; returns the summary."""
+def execute_run(algo: str, config: Any, out_dir: str | Path, experiment: str, threads: int, label: str = "") -> dict:
+    """Body of one worker: trains ``algo`` (reported as ``label``, a variant's name, when given) with ``threads``
+    torch threads into ``out_dir``; returns the summary."""
     import torch
 
     torch.set_num_threads(threads)
     logging.getLogger("torchrl").setLevel(logging.WARNING)  # one progress bar, not every worker's info lines
-    return train(config, algo, out_dir, experiment, quiet=True)
+    return train(config, algo, out_dir, experiment, quiet=True, label=label)
 
 
 def execute_run_packed(algo: str, config: Any, experiment: str, threads: int,
-                       start: dict[str, bytes] | None = None) -> tuple[dict, dict[str, bytes]]:
+                       start: dict[str, bytes] | None = None, label: str = "") -> tuple[dict, dict[str, bytes]]:
     """Trains into a scratch directory and returns ``(summary, {file name: contents})`` (Ray tasks, any node);
     ``start`` (``{file name: contents}``, e.g. the run's ``checkpoint.pt``) is written there first, to resume from."""
     with tempfile.TemporaryDirectory(prefix="research-run-") as scratch:
         for name, data in (start or {}).items():
             atomic_write_bytes(Path(scratch) / name, data)
-        summary = execute_run(algo, config, scratch, experiment, threads)
+        summary = execute_run(algo, config, scratch, experiment, threads, label)
         files = {p.name: p.read_bytes() for p in Path(scratch).iterdir() if p.is_file() and not p.name.startswith(".")}
     return summary, files
 
@@ -374,7 +409,7 @@ def process_context(runs: Sequence[PlannedRun]) -> BaseContext:
 def _run_child(run: PlannedRun, experiment: str, threads: int, results: Connection) -> None:
     """Entry point of a run's process: sends back ``("ok", summary)`` or ``("error", message)``."""
     try:
-        results.send(("ok", execute_run(run.algo, run.config, run.run_dir, experiment, threads)))
+        results.send(("ok", execute_run(run.algo, run.config, run.run_dir, experiment, threads, run.label)))
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which decides
         results.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
     finally:
@@ -463,7 +498,7 @@ def _execute_ray(runs: list[PlannedRun], experiment: str, jobs: int, cpus_per_ru
             ray.init(num_cpus=jobs * cpus_per_run, include_dashboard=False, log_to_driver=not quiet)
     try:
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(execute_run_packed)
-        refs = {task.remote(r.algo, r.config, experiment, cpus_per_run, _resume_files(r)): r for r in runs}
+        refs = {task.remote(r.algo, r.config, experiment, cpus_per_run, _resume_files(r), r.label): r for r in runs}
         pending = list(refs)
         try:
             while pending:

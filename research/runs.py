@@ -96,7 +96,10 @@ def make_mirror(kind: str, path: Path, name: str) -> Any:
 class RunWriter:
     """Writes one run's files. The harness calls :meth:`log` as it goes and :meth:`finish` once at the end."""
 
-    def __init__(self, path: str | os.PathLike, algo: str, config: Any, experiment: str = "") -> None:
+    def __init__(self, path: str | os.PathLike, algo: str, config: Any, experiment: str = "", label: str = "") -> None:
+        """``algo`` is the registered trainer; ``label`` the name the run is reported under when it differs (a variant
+        table of an experiment file, e.g. ``[bptt_squash]`` with ``algo = "bptt"``): both files then hold
+        ``"label"``, which the scripts group by."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         stale = self.path / SUMMARY
@@ -106,6 +109,7 @@ class RunWriter:
         if stale.exists():
             stale.unlink()  # a run being (re)written is unfinished until finish() writes it again
         self.algo = algo
+        self.label = {"label": label} if label and label != algo else {}
         self.seed = getattr(config, "seed", None)
         self.config_hash = config_hash(config)
         self.git_commit = git_commit()
@@ -114,6 +118,7 @@ class RunWriter:
                                   f"{experiment or 'run'}-{algo}-seed_{self.seed}")
         atomic_write_json(self.path / CONFIG, {
             "algo": algo,
+            **self.label,
             "experiment": experiment,
             "seed": self.seed,
             "config": to_dict(config),
@@ -162,6 +167,6 @@ class RunWriter:
         self.flush()
         save_policy(policy, self.path / POLICY)
         rest = {k: v for k, v in summary.items() if k not in ("algo", "seed", "config_hash")}
-        summary = {"algo": self.algo, "seed": self.seed, **rest, "config_hash": self.config_hash}
+        summary = {"algo": self.algo, **self.label, "seed": self.seed, **rest, "config_hash": self.config_hash}
         atomic_write_json(self.path / SUMMARY, summary)
         return summary

@@ -49,10 +49,11 @@ def resolve_config(algo: str, table: Mapping[str, Any], seed: int | None = None,
 
 
 def train(config: Any, algo: str, out_dir: str | Path | None = None, experiment: str = "",
-          quiet: bool = True) -> dict:
-    """Runs one training run; writes the run directory when ``out_dir`` is given. Returns the summary."""
+          quiet: bool = True, label: str = "") -> dict:
+    """Runs one training run; writes the run directory when ``out_dir`` is given (``label``: the name the run is
+    reported under, when an experiment's variant table differs from ``algo``). Returns the summary."""
     _, trainer = get_algo(algo)
-    writer = RunWriter(out_dir, algo, config, experiment) if out_dir is not None else None
+    writer = RunWriter(out_dir, algo, config, experiment, label) if out_dir is not None else None
     return trainer(config, writer=writer, quiet=quiet)
 
 

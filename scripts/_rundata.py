@@ -104,7 +104,8 @@ def read_metrics(path: Path) -> dict[str, np.ndarray]:
 def load_run(path: Path) -> Run:
     summary = json.loads((path / SUMMARY).read_text())
     config = json.loads((path / CONFIG).read_text())
-    return Run(summary["algo"], int(summary["seed"]), path, config, summary, read_metrics(path / METRICS))
+    # A variant of an experiment file (``[bptt_squash]`` with ``algo = "bptt"``) is reported under its label.
+    return Run(summary.get("label", summary["algo"]), int(summary["seed"]), path, config, summary, read_metrics(path / METRICS))
 
 
 def load_manifest(exp_dir: Path) -> dict | None:

@@ -283,7 +283,9 @@ def test_unknown_experiment_lists_the_available_ones(tmp_path):
 
 
 @pytest.mark.parametrize("text, match", [
-    ('[experiment]\nalgos = ["bptt", "ppo"]\n[bptt]\n', r"unknown algorithm 'ppo'.*valid: \['bptt', 'bptt_finetune', 'ddpg'"),
+    ('[experiment]\nalgos = ["bptt", "nope"]\n[bptt]\n', r"unknown algorithm 'nope'.*valid: \['bptt', 'bptt_finetune', 'ddpg'"),
+    ('[bptt_x]\nalgo = "nope"\n', r"\[bptt_x\].algo must be one of \['bptt'"),
+    ('[bptt_x]\nalgo = "bptt"\nlrr = 1.0\n', "unknown config key 'bptt.lrr'"),
     ("[experiment]\nseeds = [0]\n", "no algorithm to run"),
     ("[bptt]\n[bptt_typo]\n", r"unknown table \[bptt_typo\]"),
     ("[experiment]\nseeds = [1, 1]\n[bptt]\n", "distinct seeds"),
@@ -335,6 +337,31 @@ def test_physics_axis_crosses_presets_with_algorithms_and_seeds(tmp_path):
     run_experiment(path, tmp_path / "res", jobs=1, cpus_per_run=1, quiet=True)  # nothing to run: no new entry
     manifest = json.loads((tmp_path / "res" / "axis" / "experiment.json").read_text())
     assert len(manifest["invocations"]) == 1
+
+
+def test_variant_tables_run_an_algorithm_under_their_own_name(tmp_path):
+    path = tmp_path / "variants.toml"
+    path.write_text("[bptt]\niterations = 2\nnum_envs = 8\nhorizon = 10\nhidden_sizes = [8]\n[bptt.eval]\nepisodes = 20\n"
+                    '[bptt_slow]\nalgo = "bptt"\nlr = 1e-4\niterations = 2\nnum_envs = 8\nhorizon = 10\n'
+                    "hidden_sizes = [8]\n[bptt_slow.eval]\nepisodes = 20\n")
+    plan = load_experiment(path, tmp_path / "res", overrides=["bptt_slow.iterations=3"])
+    assert [(run.algo, run.name) for run in plan.runs] == [("bptt", "bptt/seed_0"), ("bptt", "bptt_slow/seed_0")]
+    assert (plan.runs[1].config.lr, plan.runs[1].config.iterations) == (1e-4, 3)
+    assert plan.runs[0].config.iterations == 2 and plan.runs[1].run_dir.parent.name == "bptt_slow"
+
+    outcome = run_experiment(path, tmp_path / "res", jobs=1, cpus_per_run=1, quiet=True,
+                             overrides=["bptt_slow.iterations=3"])
+    assert outcome.ok and len(outcome.completed) == 2
+    summary = json.loads((tmp_path / "res" / "variants" / "bptt_slow" / "seed_0" / "summary.json").read_text())
+    assert (summary["algo"], summary["label"], summary["iterations"]) == ("bptt", "bptt_slow", 3)
+    manifest = json.loads((tmp_path / "res" / "variants" / "experiment.json").read_text())
+    assert manifest["algos"] == ["bptt", "bptt_slow"] and manifest["runs"][1]["trainer"] == "bptt"
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from _rundata import load_runs
+    finally:
+        sys.path.pop(0)
+    assert [run.algo for run in load_runs(tmp_path / "res" / "variants")] == ["bptt", "bptt_slow"]
 
 
 def test_dry_run_lists_runs(finished_smoke, capsys):
