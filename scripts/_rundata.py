@@ -1,4 +1,5 @@
-"""Reading an experiment's run directories, and the statistics over seeds the scripts share (stdlib + numpy only).
+"""Reading an experiment's run directories, and the statistics over seeds the scripts share (numpy; intervals from
+:mod:`research.statistics`, which uses rliable).
 
 The files are those of the run-directory contract (:mod:`research.rundir`, standard library only, imported here):
 ``<exp>/<algo>/seed_<k>/`` (or ``<exp>/<physics>/<algo>/seed_<k>/`` in an experiment with a physics axis) with
@@ -19,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from research.rundir import CONFIG, EVAL_RETURN, MANIFEST, METRICS, RUN_DIR_PATTERNS, SUMMARY, is_superseded
-from research.statistics import interquartile_mean
+from research.statistics import interquartile_mean, stratified_interval
 
 THRESHOLD = -200.0
 """Evaluation return counted as 'solved enough' for the time-to-threshold columns (Tianshou's solved mark is -250)."""
 BOOTSTRAP_RESAMPLES = 10_000
+"""Resamples of ``scripts/study.py``'s difference-of-means interval (:func:`bootstrap_ci` uses rliable's count)."""
 BOOTSTRAP_SEED = 0
 
 
@@ -184,26 +186,23 @@ def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def bootstrap_ci(values: np.ndarray, statistic: Callable[..., np.ndarray] = mean, level: float = 0.95,
-                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile-bootstrap confidence interval of ``statistic`` over seeds.
+                 resamples: int | None = None, seed: int = BOOTSTRAP_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap confidence interval of ``statistic`` over seeds: rliable's stratified percentile bootstrap
+    (:func:`research.statistics.stratified_interval`), each column a stratum.
 
     Args:
-        values: ``[n_seeds]`` or ``[n_seeds, G]`` (then one interval per column, e.g. per point of a curve).
+        values: ``[n_seeds]`` or ``[n_seeds, G]`` (then one interval per column, e.g. per point of a curve, the
+            seeds resampled for each column independently).
         statistic: ``f(array, axis=-1)`` reducing the seed axis, e.g. :func:`mean` or :func:`iqm`.
-        level: coverage of the interval; resamples and seed: the bootstrap's (fixed, so results are reproducible).
+        level: coverage of the interval; resamples (default ``research.statistics.BOOTSTRAP_REPS``) and seed: the
+            bootstrap's (fixed, so results are reproducible).
 
     Returns:
         ``(low, high)``, scalars or ``[G]``; NaN for no seeds, the value itself for one seed.
     """
     values = np.asarray(values, dtype=float)
-    n = values.shape[0]
-    if n == 0:
+    if values.shape[0] == 0:
         nan = np.full(values.shape[1:], np.nan)
         return nan, nan
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, n, size=(resamples, n))
-    samples = np.moveaxis(values[index], 1, -1)  # [R, (G,) n]
-    stats = statistic(samples, axis=-1)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(stats, [alpha, 1.0 - alpha], axis=0)
-    return low, high
+    _, low, high = stratified_interval(values, lambda table: statistic(table.T, axis=-1), level, resamples, seed)
+    return (low[0], high[0]) if values.ndim == 1 else (low, high)

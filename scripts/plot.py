@@ -13,6 +13,13 @@ the preset's dynamic-programming optimum dashed and the return at a normalized s
 of preset x method from ``scripts/aggregate.py``'s rows: ``heatmap_normalized_score.png`` (mean final normalized
 score, gap to the optimum in brackets) and ``heatmap_time_to_90.png`` (median env steps and training seconds to a
 normalized score of 0.9, over the seeds that got there).
+
+With rliable (:mod:`research.statistics`), two more figures over every task (preset or system): the performance
+profile ``performance_profile.png`` (per method, the fraction of its runs whose final normalized score exceeds tau,
+with a 95% stratified-bootstrap band; needs an optimum to normalize by) and ``probability_of_improvement.png``
+(P(X > Y) that a run of X ends with a higher return than a run of Y on the same task, averaged over tasks, with a 95%
+stratified-bootstrap interval: each backprop method against each model-free one, or every method against the best
+one when only one family ran).
 """
 
 from __future__ import annotations
@@ -37,7 +44,24 @@ from _rundata import (  # noqa: E402
     load_runs,
     physics_axis,
 )
-from aggregate import Optima, load_optima, optimal_summary_path, return_at_score, summary_rows  # noqa: E402
+from aggregate import (  # noqa: E402
+    Optima,
+    best_methods,
+    load_optima,
+    optimal_summary_path,
+    return_at_score,
+    score_table,
+    score_tables,
+    summary_rows,
+)
+
+from research.statistics import (  # noqa: E402
+    FAILURE_SCORE,
+    SCORE_TARGET,
+    is_backprop,
+    performance_profile,
+    probability_of_improvement,
+)
 
 ZOO_DDPG_RETURN = -152.1
 """rl-baselines3-zoo benchmark: DDPG on Pendulum-v1 after 20k steps, one trained agent (docs/protocol.md)."""
@@ -49,6 +73,9 @@ FIGURES = {
 }
 HEATMAPS = ("heatmap_normalized_score.png", "heatmap_time_to_90.png")
 PANEL_COLUMNS = 3
+STAT_FIGURES = ("performance_profile.png", "probability_of_improvement.png")
+PROFILE_POINTS = 101
+"""Values of tau in the performance profile, evenly spread over the range of the scores."""
 
 
 def seed_curves(runs: list[Run], x: str, log_x: bool) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -226,6 +253,83 @@ def plot_heatmaps(rows: list[dict], directory: Path, title: str) -> list[Path]:
     return paths
 
 
+def plot_performance_profile(runs: list[Run], optima: Optima, path: Path, title: str) -> bool:
+    """The performance profile of every method with a normalized score (all its tasks pooled); ``False`` (nothing
+    written) when no run has one."""
+    tables = score_tables(runs, optima)
+    if not tables:
+        return False
+    scores = {algo: score_table(per_task, list(per_task)) for algo, per_task in tables.items()}
+    values = np.concatenate([table.ravel() for table in scores.values()])
+    pad = 0.05 * (values.max() - values.min()) or 0.005
+    taus = np.linspace(values.min() - pad, values.max() + pad, PROFILE_POINTS)
+    profiles = performance_profile(scores, taus)
+    colors = algorithm_colors(runs)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=150)
+    for algo, (profile, low, high) in profiles.items():
+        runs_n, tasks_n = scores[algo].shape
+        ax.step(taus, profile, where="post", color=colors[algo], lw=2, label=f"{algo} ({runs_n} runs x {tasks_n} tasks)")
+        ax.fill_between(taus, low, high, step="post", color=colors[algo], alpha=0.15, lw=0)
+    for mark, style, name in ((FAILURE_SCORE, "--", "failure threshold"), (SCORE_TARGET, ":", "target")):
+        if taus[0] <= mark <= taus[-1]:
+            ax.axvline(mark, color="0.4", ls=style, lw=1, label=f"{name} {mark:g}")
+    ax.set_xlabel("normalized score tau (0: never acting, 1: the optimum)")
+    ax.set_ylabel("fraction of runs with final score > tau")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{title}: performance profiles, shaded 95% stratified-bootstrap band", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def improvement_pairs(runs: list[Run], optima: Optima) -> list[tuple[str, str]]:
+    """``(X, Y)`` pairs to compare: each backprop method against each model-free one when both families ran,
+    otherwise every method against the best one (the most frequent best by IQM final return over the tasks)."""
+    algos = list(dict.fromkeys(run.algo for run in runs))
+    backprop = [a for a in algos if is_backprop(a)]
+    model_free = [a for a in algos if not is_backprop(a)]
+    if backprop and model_free:
+        return [(x, y) for x in backprop for y in model_free]
+    bests = [algo for algo, _ in best_methods(runs, optima).values()]
+    best = max(dict.fromkeys(bests), key=bests.count) if bests else ""
+    return [(best, algo) for algo in algos if algo != best]
+
+
+def plot_probability_of_improvement(runs: list[Run], optima: Optima, path: Path, title: str) -> bool:
+    """P(X > Y) with its interval for :func:`improvement_pairs`, on final returns per task (the probability only
+    compares runs of one task, so no optimum is needed), over the tasks both ran; ``False`` when no pair has one."""
+    finals: dict[str, dict[str, np.ndarray]] = {}
+    for run in sorted(runs, key=lambda r: r.seed):
+        finals.setdefault(run.algo, {}).setdefault(run.physics, []).append(run.final_return)
+    finals = {algo: {task: np.array(v) for task, v in per_task.items()} for algo, per_task in finals.items()}
+    results = []
+    for x, y in improvement_pairs(runs, optima):
+        tasks = [task for task in finals[x] if task in finals[y]]
+        if tasks:
+            results.append((x, y, len(tasks), probability_of_improvement(score_table(finals[x], tasks),
+                                                                         score_table(finals[y], tasks))))
+    if not results:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(results) + 1.6), dpi=150)
+    for i, (_, _, _, (point, low, high)) in enumerate(results):
+        ax.errorbar(point, i, xerr=[[point - low], [high - point]], fmt="o", color="C0", capsize=3)
+    ax.set_yticks(range(len(results)), [f"P({x} > {y})" for x, y, _, _ in results], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0.5, color="0.4", ls="--", lw=1)
+    ax.set_xlim(-0.02, 1.02)
+    tasks = max(n for _, _, n, _ in results)
+    ax.set_xlabel(f"probability that a run of X ends above a run of Y (mean over {tasks} task(s); 95% CI)")
+    ax.set_title(f"{title}: probability of improvement (final return)", fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment_dir", type=Path, help="results/<experiment>")
@@ -248,8 +352,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if physics_axis(runs):
         for path in plot_heatmaps(summary_rows(runs, args.threshold, optima), figures, exp_dir.name):
             print(f"wrote {path}")
+    for name, draw in zip(STAT_FIGURES, (plot_performance_profile, plot_probability_of_improvement), strict=True):
+        if draw(runs, optima, figures / name, exp_dir.name):
+            print(f"wrote {figures / name}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ImportError as error:  # rliable missing: research.statistics names the install command
+        sys.exit(f"error: {error}")

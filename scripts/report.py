@@ -2,7 +2,8 @@
 
     python scripts/report.py results/pendulum_compare
 
-Every number comes from ``summary.csv`` and ``runs.csv`` (written by ``scripts/aggregate.py``); the report first
+Every number comes from ``summary.csv``, ``runs.csv`` and ``overall.csv`` (written by ``scripts/aggregate.py``; the
+section "Statistics over seeds" renders rliable's interval estimates from them); the report first
 checks that they still match what the aggregation recomputes from the run directories, and stops if they do not.
 """
 
@@ -24,9 +25,11 @@ from _rundata import (
     load_manifest,
     load_runs,
 )
-from aggregate import csv_texts, load_optima, optimal_summary_path
-from plot import FIGURES, ZOO_DDPG_RETURN
+from aggregate import CSV_FILES, csv_texts, load_optima, optimal_summary_path
+from plot import FIGURES, STAT_FIGURES, ZOO_DDPG_RETURN
 from study import study_section
+
+from research.statistics import BOOTSTRAP_REPS
 
 
 def _float(text: str) -> float | None:
@@ -133,6 +136,108 @@ def optimum_note(rows: list[dict]) -> list[str]:
             "least 0.9, over the seeds that got there (count in brackets).", ""]
 
 
+def fmt_interval(row: dict, stat: str, fmt=fmt_score) -> str:
+    """``value [low, high]`` of ``stat`` and its ``_ci_low`` / ``_ci_high`` columns (empty without a value)."""
+    if row.get(stat) in ("", None):
+        return ""
+    return f"{fmt(row[stat])} [{fmt(row[stat + '_ci_low'])}, {fmt(row[stat + '_ci_high'])}]"
+
+
+def fmt_reached(row: dict, key: str, seeds: str = "n_seeds") -> str:
+    """``env steps / seconds (k/n)`` to a mark: medians over the ``k`` seeds that got there, ``never`` if none."""
+    steps = fmt_count(row[f"env_steps_to_{key}"])
+    if not steps:
+        return "never" if row.get(f"seeds_reaching_{key}") not in ("", None) else "n/a"
+    return f"{steps} / {fmt_seconds(row[f'wall_time_s_to_{key}'])} s ({row[f'seeds_reaching_{key}']}/{row[seeds]})"
+
+
+def fmt_failures(row: dict, failed: str, n: str) -> str:
+    """``k/n, rate [Clopper-Pearson low, high]`` (``n/a`` without a normalized score)."""
+    if row.get("failure_rate") in ("", None):
+        return "n/a"
+    return f"{row[failed]}/{row[n]}, {fmt_interval(row, 'failure_rate', fmt_percent)}"
+
+
+def statistics_section(summary: list[dict], overall: list[dict], exp_dir: Path) -> list[str]:
+    """The rliable part of the report: per preset and method, the IQM of the normalized score, failures, the
+    probability that the best method beats it and the times to 0.99 and to twice the best gap; over all tasks, the
+    IQM, failures and the probability of improvement over the other family's best; and the two figures."""
+    if not has_optimum(summary) and not any(row.get("best_algo") for row in summary):
+        return []
+    axis = several_presets(summary)
+    lines = ["## Statistics over seeds", ""]
+    header = (["physics"] if axis else []) + [
+        "algorithm", "seeds", "IQM normalized score [95% CI]", f"failed seeds (score < {summary[0]['failure_score']}), "
+        "rate [95% CI]", "P(best > this) [95% CI]", "to 0.99: env steps / seconds (seeds)",
+        "to 2x best gap: env steps / seconds (seeds)"]
+    body = [([f"`{row['physics']}`"] if axis else []) + [
+        f"`{row['algo']}`", row["n_seeds"], fmt_interval(row, "normalized_score_iqm") or "n/a",
+        fmt_failures(row, "failed_seeds", "n_seeds"),
+        (f"`{row['best_algo']}` is best" if row["best_algo"] == row["algo"] else
+         f"{fmt_interval(row, 'prob_best_improves')} (`{row['best_algo']}`)"),
+        fmt_reached(row, "99"), fmt_reached(row, "2x_best_gap")] for row in summary]
+    lines += markdown_table(header, body)
+    gaps = sorted({(row["physics"], fmt_return(row["return_at_2x_best_gap"])) for row in summary
+                   if row.get("return_at_2x_best_gap") not in ("", None)})
+    lines += ["", "Computed with rliable (Agarwal et al., *Deep RL at the edge of the statistical precipice*, NeurIPS "
+              "2021) through `research/statistics.py`. **IQM normalized score**: the interquartile mean (mean of the "
+              "middle 50%) of the seeds' final normalized scores, with a 95% stratified-bootstrap interval (the seeds "
+              f"resampled with replacement, {BOOTSTRAP_REPS:,} times, fixed RNG seed). **Failed seeds**: seeds whose final "
+              "normalized score is below the threshold (0.9: a run that did not learn the task, not one that learned "
+              "it worse), with the Clopper-Pearson exact 95% interval of the failure rate (0 failures of 5 seeds is "
+              "[0%, 52.2%]: five seeds cannot show that a method never fails). **P(best > this)**: the probability that a seed of the "
+              "method with the best IQM final return on the preset ends with a higher final return than a seed of "
+              "this one (ties count half), with a 95% stratified-bootstrap interval (each method's seeds resampled "
+              "independently); 0.5 is a coin flip. **To 0.99**: the median env steps and training seconds to the "
+              "first evaluation at a normalized score of at least 0.99, over the seeds that got there (count in "
+              "brackets). **To 2x best gap**: the same for the return within twice the best method's final gap to the "
+              "optimum, `R_opt - 2 (R_opt - R_best)` with `R_best` the best method's IQM final return"
+              + (f" ({', '.join(f'`{name}` {value}' for name, value in gaps)})" if gaps else "") + ".", ""]
+    if len({row["physics"] for row in summary}) > 1 and overall:
+        lines += ["### Over all tasks", ""]
+        header = ["algorithm", "family", "tasks", "runs", "IQM normalized score [95% CI]",
+                  "failed runs, rate [95% CI]", "P(this > opponent) [95% CI]"]
+        body = [[f"`{row['algo']}`", row["family"], ", ".join(f"`{t}`" for t in row["tasks"].split()), row["runs"],
+                 fmt_interval(row, "normalized_score_iqm"), fmt_failures(row, "failed_runs", "runs"),
+                 f"{fmt_interval(row, 'prob_improvement') or 'n/a'} (`{row['opponent']}`)" if row["opponent"] else "n/a"]
+                for row in overall]
+        lines += markdown_table(header, body)
+        lines += ["", "Each method over every task where it has a normalized score (its runs x tasks table; a method "
+                  "with more seeds on some tasks contributes its first `runs` seeds of each): the IQM over all runs "
+                  "and tasks with a stratified-bootstrap interval (seeds resampled within each task), failures over "
+                  "all runs with the Clopper-Pearson interval, and the probability that a run of it ends above a run "
+                  "of the opponent on the same task (averaged over the tasks both ran), the opponent being the best "
+                  "method of the other family by overall IQM (backprop: `bptt`, `bptt_finetune`, `shac` and every "
+                  "`bptt_*`; the rest model-free).", ""]
+    lines += family_sentence(overall)
+    for name, alt in zip(STAT_FIGURES, ("performance profiles", "probability of improvement"), strict=True):
+        if (exp_dir / "figures" / name).is_file():
+            lines += [f"![{alt}](figures/{name})", ""]
+    if any((exp_dir / "figures" / name).is_file() for name in STAT_FIGURES):
+        lines += ["Performance profiles: for each normalized score tau, the fraction of a method's runs (all tasks "
+                  "pooled) whose final score is above tau, shaded 95% stratified-bootstrap band; a curve further "
+                  "right and higher is better. Probability of improvement: P(X > Y) of final returns, per task then "
+                  "averaged, with its 95% interval; each backprop method against each model-free one (or every method "
+                  "against the best when one family ran); above 0.5 X tends to end higher.", ""]
+    return lines
+
+
+def family_sentence(overall: list[dict]) -> list[str]:
+    """The headline: the probability of improvement of the best backprop method over the best model-free one."""
+    best = {}
+    for row in overall:
+        if row["normalized_score_iqm"] and (row["family"] not in best or float(row["normalized_score_iqm"])
+                                            > float(best[row["family"]]["normalized_score_iqm"])):
+            best[row["family"]] = row
+    backprop, model_free = best.get("backprop"), best.get("model-free")
+    if backprop is None or model_free is None or backprop["opponent"] != model_free["algo"]:
+        return []
+    return [f"**Best backprop against best model-free**: `{backprop['algo']}` (IQM "
+            f"{fmt_interval(backprop, 'normalized_score_iqm')}) against `{model_free['algo']}` (IQM "
+            f"{fmt_interval(model_free, 'normalized_score_iqm')}): probability of improvement "
+            f"{fmt_interval(backprop, 'prob_improvement')}.", ""]
+
+
 def setup_section(runs: list[Run], manifest: dict | None = None) -> list[str]:
     """The resolved config of each algorithm (seed left out; with a physics axis, its config on the first preset,
     which differs on the others only in ``env.physics``), machines, library versions, commits and the experiment's
@@ -179,7 +284,8 @@ def regenerate_command(exp_dir: Path) -> str:
     return f"make experiment EXP={exp_dir.name}{extra}"
 
 
-def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs: list[Run]) -> str:
+def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs: list[Run],
+                  overall: list[dict] | None = None) -> str:
     manifest = load_manifest(exp_dir) or {}
     threshold = fmt_threshold(summary)
     lines = [f"# Experiment `{exp_dir.name}`", ""]
@@ -202,6 +308,7 @@ def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs:
         "",
     ]
     lines += optimum_note(summary)
+    lines += statistics_section(summary, overall or [], exp_dir)
     lines += study_section(exp_dir, summary, per_run)
     figures = [(name, xlabel) for name, xlabel, _ in FIGURES.values() if (exp_dir / "figures" / name).is_file()]
     for name, xlabel in figures:
@@ -241,21 +348,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not has_finished_runs(exp_dir):
         print(f"{exp_dir}: no finished training runs ([<physics>/]<algo>/seed_<k>/summary.json); no report to write")
         return 0
-    summary_path, runs_path = exp_dir / "summary.csv", exp_dir / "runs.csv"
-    if not (summary_path.is_file() and runs_path.is_file()):
-        sys.exit(f"error: {summary_path} or {runs_path} is missing; run `python scripts/aggregate.py {exp_dir}` first")
-    summary_text, runs_text = summary_path.read_text(), runs_path.read_text()
+    paths = [exp_dir / name for name in CSV_FILES]
+    if not all(path.is_file() for path in paths):
+        sys.exit(f"error: {' or '.join(map(str, paths))} is missing; run `python scripts/aggregate.py {exp_dir}` first")
+    summary_path = paths[0]
+    summary_text, runs_text, overall_text = (path.read_text() for path in paths)
     threshold = float(read_csv(summary_text)[0]["threshold"]) if read_csv(summary_text) else THRESHOLD
     runs = load_runs(exp_dir)
     optima = load_optima(args.optimal or optimal_summary_path(exp_dir))
-    if (summary_text, runs_text) != csv_texts(runs, threshold, optima):
+    if (summary_text, runs_text, overall_text) != csv_texts(runs, threshold, optima):
         sys.exit(f"error: {summary_path} no longer matches the run directories; run "
                  f"`python scripts/aggregate.py {exp_dir}` first")
-    report = render_report(exp_dir, read_csv(summary_text), read_csv(runs_text), runs)
+    report = render_report(exp_dir, read_csv(summary_text), read_csv(runs_text), runs, read_csv(overall_text))
     (exp_dir / "REPORT.md").write_text(report)
     print(f"wrote {exp_dir / 'REPORT.md'}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ImportError as error:  # rliable missing: research.statistics names the install command
+        sys.exit(f"error: {error}")

@@ -72,22 +72,23 @@ def test_bootstrap_ci_basic_properties(scripts):
     with_outlier = np.append(np.linspace(-160.0, -140.0, 19), -3000.0)
     (iqm_low, iqm_high), (mean_low, mean_high) = ci(with_outlier, scripts.rundata.iqm), ci(with_outlier)
     assert iqm_high - iqm_low < (mean_high - mean_low) / 10  # the IQM shrugs off one failed seed, the mean does not
-    columns = np.stack([values, values + 100.0], axis=1)  # [seeds, G]: one interval per column
+    columns = np.stack([values, values + 100.0], axis=1)  # [seeds, G]: one interval per column (resampled apart)
     col_low, col_high = ci(columns)
-    assert col_low == pytest.approx([low, low + 100.0]) and col_high == pytest.approx([high, high + 100.0])
+    assert np.all(col_low < columns.mean(axis=0)) and np.all(columns.mean(axis=0) < col_high)
+    assert col_high[1] - col_low[1] == pytest.approx(high - low, rel=0.5)
     wide, narrow = ci(np.random.default_rng(1).normal(size=5)), ci(np.random.default_rng(1).normal(size=500))
     assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 3
 
 
 def test_bootstrap_ci_covers_the_true_mean_about_95_percent_of_the_time(scripts):
     rng = np.random.default_rng(123)
-    trials = 300
+    trials = 40  # rliable's bootstrap is a Python loop per resample: few trials and resamples, a loose bound
     covered = 0
     for trial in range(trials):
         sample = rng.normal(loc=-200.0, scale=50.0, size=20)
-        low, high = scripts.rundata.bootstrap_ci(sample, resamples=2000, seed=trial)
+        low, high = scripts.rundata.bootstrap_ci(sample, resamples=250, seed=trial)
         covered += low <= -200.0 <= high
-    assert 0.88 <= covered / trials <= 0.99  # the percentile bootstrap slightly undercovers at n = 20
+    assert 0.8 <= covered / trials < 1.0  # the percentile bootstrap slightly undercovers at n = 20
 
 
 def test_aggregate_statistics_on_synthetic_runs(scripts, tmp_path):
@@ -154,7 +155,7 @@ def test_report_matches_the_aggregation_and_refuses_stale_csv(scripts, tmp_path)
     assert scripts.plot.main([str(exp_dir)]) == 0
     assert scripts.report.main([str(exp_dir)]) == 0
     report = (exp_dir / "REPORT.md").read_text()
-    summary_lines = report.split("### Per run")[0].splitlines()
+    summary_lines = report.split("### Per run")[0].split("## Statistics over seeds")[0].splitlines()
     table = {cells[0].strip("`"): cells for cells in
              (re.split(r"\s*\|\s*", line.strip("| ")) for line in summary_lines if line.startswith("| `"))}
     for row in csv.DictReader((exp_dir / "summary.csv").open()):
