@@ -5,6 +5,7 @@ PIP ?= $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,distributed,plots,stats,tune
 EXP ?= pendulum_compare
+TUNE ?= tune_pendulum
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BACKEND ?= local
 DEVICE ?= cpu
@@ -16,7 +17,7 @@ OPTIMAL_SYSTEMS ?= cartpole acrobot
 REPORT_STEPS = $(if $(shell grep -qs '^\[gradient_study\]' experiments/$(EXP).toml && echo study),gradient-report,aggregate plot maps report)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint experiment runs aggregate plot maps report render gradient-report optimal optimal-systems bench gpu-check clean
+.PHONY: help install test test-fast lint experiment tune runs aggregate plot maps report render gradient-report optimal optimal-systems gap bench gpu-check clean
 
 help: ## list every target with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +38,9 @@ lint: ## ruff check of the package, scripts and tests
 experiment: ## run experiments/$(EXP).toml (JOBS, BACKEND=local|ray, DEVICE), then its figures and REPORT.md
 	$(PYTHON) -m research.experiment experiments/$(EXP).toml --jobs $(JOBS) --backend $(BACKEND) --device $(DEVICE) --results $(RESULTS)
 	$(MAKE) --no-print-directory $(REPORT_STEPS) EXP=$(EXP) RESULTS=$(RESULTS)
+
+tune: ## equal-budget Optuna search of experiments/$(TUNE).toml -> results/tune/$(TUNE)/, experiments/tuned/$(TUNE).toml
+	$(PYTHON) -m research.tune experiments/$(TUNE).toml --jobs $(JOBS) --backend $(BACKEND) --device $(DEVICE) --results $(RESULTS)
 
 aggregate: ## results/$(EXP)/summary.csv from the run directories
 	$(PYTHON) scripts/aggregate.py $(RESULTS)/$(EXP)
@@ -59,6 +63,10 @@ gradient-report: ## results/$(EXP)/figures/*.png and REPORT.md of a gradient stu
 optimal: ## results/optimal/: the pendulum's DP optimum per preset (PHYSICS="default noisy" for some), optimal-systems, REPORT.md
 	$(PYTHON) -m research.analysis.optimal --out $(RESULTS)/optimal --device $(DEVICE) $(if $(PHYSICS),--physics $(PHYSICS))
 	$(MAKE) --no-print-directory optimal-systems
+
+gap: ## results/gap/: the gap to the optimum taken apart per preset/system (PHYSICS=..., GAP_EXPERIMENTS=dirs), REPORT.md
+	$(PYTHON) -m research.analysis.gap --out $(RESULTS)/gap $(if $(PHYSICS),--physics $(PHYSICS)) $(if $(GAP_EXPERIMENTS),--experiments $(GAP_EXPERIMENTS))
+	$(PYTHON) scripts/gap_report.py $(RESULTS)/gap
 
 optimal-systems: ## results/optimal/<system>/: per-start trajectory-optimisation reference (OPTIMAL_SYSTEMS="cartpole acrobot"), REPORT.md
 	for system in $(OPTIMAL_SYSTEMS); do \

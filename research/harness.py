@@ -542,6 +542,7 @@ def train(config: Any, algorithm: Callable[[Any, RunContext], Algorithm], writer
                    dynamic_ncols=True, leave=False)
         try:
             for iteration in range(start + 1, 0 if done else algo.iterations + 1):
+                steps_before = budget.env_steps
                 metrics = _to_host(algo.step(iteration))
                 row = {"iteration": iteration, "env_steps": budget.env_steps, "wall_time_s": budget.wall_time_s,
                        **metrics, "train/skipped_updates": run.skipped_updates}
@@ -553,6 +554,11 @@ def train(config: Any, algorithm: Callable[[Any, RunContext], Algorithm], writer
                 if budget.out_of_time():
                     log.info("stopping after %d iterations: max_wall_time_s=%s reached", iteration,
                              config.max_wall_time_s)
+                    break
+                cap = getattr(config, "max_env_steps", 0)
+                if cap and budget.env_steps + (budget.env_steps - steps_before) > cap:
+                    log.info("stopping after %d iterations (%d env steps): another would pass max_env_steps=%d",
+                             iteration, budget.env_steps, cap)
                     break
                 if checkpoint_path is not None and time.perf_counter() - last_checkpoint >= config.checkpoint_every_s:
                     checkpoint(iteration, done=False)
