@@ -56,4 +56,4 @@ def test_experiment_table_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown table \[bpt\]"):
         experiment_table(bad, "bptt")
     with pytest.raises(ValueError, match="unknown algorithm"):
-        resolve_config("ppo", {})
+        resolve_config("nope", {})
