@@ -226,6 +226,9 @@ class RunConfig:
     ``metrics.csv`` stays the record the scripts read."""
     max_wall_time_s: float = 0.0
     """Stop training after this many seconds (0 = no limit); the final evaluation still runs."""
+    max_env_steps: int = 0
+    """Stop training before an iteration that, at the size of the last one, would simulate more than this many
+    environment steps in all (0 = no cap; the tuning driver's equal budget); the final evaluation still runs."""
     max_consecutive_skips: int = 10
     """Stop with an error after this many consecutive updates skipped for a non-finite loss or gradient."""
     checkpoint_every_s: float = 300.0
@@ -258,6 +261,8 @@ class RunConfig:
                                   "unseen in training")
         if self.max_wall_time_s < 0:
             raise ConfigError(f"max_wall_time_s must be >= 0, got {self.max_wall_time_s}")
+        if self.max_env_steps < 0:
+            raise ConfigError(f"max_env_steps must be >= 0 (0 = no cap), got {self.max_env_steps}")
         if self.checkpoint_every_s < 0:
             raise ConfigError(f"checkpoint_every_s must be >= 0 (0 = never), got {self.checkpoint_every_s}")
         if self.max_consecutive_skips <= 0:
@@ -401,7 +406,10 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 #: Fields added after runs were recorded, left out of :func:`config_hash` while they hold the value every earlier run
 #: had implicitly, so that adding them does not make earlier runs look changed: ``(table, key): value``.
-HASH_NEUTRAL: dict[tuple[str, str], Any] = {("env", "system"): "pendulum"}
+#: The table ``""`` is the config's own top level.
+#: A top-level field of one algorithm's config goes into that class's own ``HASH_NEUTRAL_FIELDS`` instead (``{key:
+#: value}``, a ClassVar its subclasses inherit): another algorithm may have a field of that name with other values.
+HASH_NEUTRAL: dict[tuple[str, str], Any] = {("env", "system"): "pendulum", ("", "max_env_steps"): 0}
 
 #: Top-level fields that change how a run is carried out, never its numbers, left out of :func:`config_hash` whatever
 #: their value (changing them neither makes a finished run look changed nor stops a checkpoint from resuming).
@@ -410,9 +418,13 @@ HASH_EXCLUDED: tuple[str, ...] = ("checkpoint_every_s",)
 
 def config_hash(config: Any) -> str:
     """A short stable hash of a resolved config (used to tell whether a finished run can be reused)."""
-    data = {k: v for k, v in to_dict(config).items() if k not in HASH_EXCLUDED}
+    neutral = getattr(type(config), "HASH_NEUTRAL_FIELDS", {})
+    data = {k: v for k, v in to_dict(config).items()
+            if k not in HASH_EXCLUDED and not (k in neutral and v == neutral[k])}
     for (table, key), value in HASH_NEUTRAL.items():
-        if isinstance(data.get(table), dict) and data[table].get(key) == value:
+        if not table and key in data and data[key] == value:
+            data = {k: v for k, v in data.items() if k != key}
+        elif isinstance(data.get(table), dict) and data[table].get(key) == value:
             data[table] = {k: v for k, v in data[table].items() if k != key}
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
