@@ -17,7 +17,13 @@ optionally ``torch.compile``-d) and ``rollout = "env"`` (TorchRL's ``env.rollout
 The defaults (B=128, H=64, discount 0.98, 1000 iterations, Adam 5e-3 with cosine decay, clip 1.0, 2x64 tanh MLP)
 are the best of the configurations tried on swing-up; ``experiments/bptt_*.toml`` keep the instructive others.
 
-:mod:`research.algos.bptt_finetune` adds a second stage on the evaluation's own objective.
+Randomised smoothing (Suh, Pang and Tedrake's bundled gradients; ``action_noise > 0``): the training rollouts add
+Gaussian noise before the tanh squash, as SHAC does (:func:`research.algos.shac.noisy_policy`), and the gradient flows
+through it (reparameterised), optionally ``noise_samples`` draws per start state. At the defaults (0, 1) the rollouts
+run the deterministic policy itself, as before, and the config hash leaves both fields out.
+
+:mod:`research.algos.bptt_finetune` adds a second stage on the evaluation's own objective;
+:mod:`research.algos.bptt_blend` blends the first-order gradient with the likelihood-ratio one.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from tensordict import TensorDict
 from torch import Tensor
 
 from research import harness
+from research.algos.shac import noisy_policy
 from research.config import ConfigError, RunConfig
 from research.envs import PendulumEnv, PendulumParams
 from research.harness import (
@@ -77,6 +84,17 @@ class BPTTConfig(RunConfig):
     compile: bool = False
     """Full-horizon fused rollouts in ``torch.compile``-d chunks of policy and physics, forward and backward
     (``research.rollout.fused_rollout(compile=True)``; the first iteration compiles, and that time counts)."""
+    action_noise: float = 0.0
+    """Randomised smoothing (Suh, Pang and Tedrake's bundled gradients): std of Gaussian noise added before the tanh
+    squash in training rollouts, as SHAC's ``action_noise``, reparameterised (the gradient flows through the mean);
+    0 = deterministic rollouts. Evaluation uses the deterministic policy."""
+    noise_samples: int = 1
+    """Noise draws per start state in full-horizon mode: each of the ``num_envs`` start states (and its physical
+    parameters) is rolled out this many times with independent action noise (the batch has num_envs * noise_samples
+    rows); > 1 needs action_noise > 0 and window = 0."""
+
+    #: Fields added after runs were recorded, left out of the config hash at these values (``research.config``).
+    HASH_NEUTRAL_FIELDS: ClassVar[dict[str, Any]] = {"action_noise": 0.0, "noise_samples": 1}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,10 +117,18 @@ class BPTTConfig(RunConfig):
             raise ConfigError("rollout='env' supports full-horizon BPTT without compile (window=0, compile=false)")
         if self.window and self.compile:
             raise ConfigError("compile=true needs full-horizon BPTT (window=0): compiled chunks have no resets")
+        if not (0.0 <= self.action_noise < math.inf):
+            raise ConfigError(f"action_noise must be a finite std >= 0, got {self.action_noise}")
+        if self.noise_samples < 1 or (self.noise_samples > 1 and (not self.action_noise or self.window)):
+            raise ConfigError(f"noise_samples must be >= 1, and > 1 only with action_noise > 0 and window = 0, got "
+                              f"noise_samples={self.noise_samples} (action_noise={self.action_noise}, "
+                              f"window={self.window})")
+        if self.action_noise and (self.rollout == "env" or self.compile):
+            raise ConfigError("action_noise > 0 needs rollout='fused' and compile=false")
 
     @property
     def steps_per_iteration(self) -> int:
-        return self.num_envs * (self.window or self.horizon)
+        return self.num_envs * self.noise_samples * (self.window or self.horizon)
 
 
 def discount_weights(horizon: int, discount: float, like: Tensor) -> Tensor:
@@ -114,6 +140,16 @@ def discount_weights(horizon: int, discount: float, like: Tensor) -> Tensor:
 def horizon_loss(rewards: Tensor, discount: float) -> Tensor:
     """Minus the discounted mean reward of ``rewards [B, H]``, averaged over the batch: a scalar to minimise."""
     return -(rewards * discount_weights(rewards.shape[-1], discount, rewards)).sum(-1).mean()
+
+
+def repeat_rows(x: Any, count: int) -> Any:
+    """Each row of ``x [B, ...]`` (a tensor or a tuple of them, e.g. physical parameters) ``count`` times in a row:
+    ``[B * count, ...]``; ``x`` itself when ``count == 1``."""
+    if count == 1:
+        return x
+    if isinstance(x, tuple):
+        return type(x)(*(repeat_rows(t, count) for t in x))
+    return x.repeat_interleave(count, dim=0)
 
 
 def env_rollout_rewards(env: PendulumEnv, policy: SquashedMLP, state: Tensor, params: PendulumParams,
@@ -155,6 +191,8 @@ class BPTT(Checkpointable):
         self.params = self.system.params(self.batch, run.generator, run.device, run.dtype)
         self.carried = (staggered_start(config.num_envs, config.env.episode_length, self.system, run.generator,
                                         run.device, run.dtype, self.params) if config.window else None)
+        # What the training rollouts run: the policy itself without action noise (today's path, bit for bit).
+        self.behaviour = noisy_policy(self.policy, config.action_noise, run.generator)
 
     def state_dict(self) -> dict:
         """The policy, Adam, the schedule, the episodes' parameters, the carried states (truncated mode) and, with
@@ -174,7 +212,7 @@ class BPTT(Checkpointable):
         config, run = self.config, self.run
         features = self.system.features
         if not self.full_horizon:
-            rollout = fused_rollout(self.policy, self.carried, self.params, config.window,
+            rollout = fused_rollout(self.behaviour, self.carried, self.params, config.window,
                                     episode_length=config.env.episode_length, generator=run.generator,
                                     system=self.system, features=features,
                                     keep_trajectory=bool(self.system.ranges))
@@ -187,7 +225,9 @@ class BPTT(Checkpointable):
         state = self.system.initial_state(self.batch, run.generator, run.device, run.dtype, params=self.params)
         if self.env is not None:
             return env_rollout_rewards(self.env, self.policy, state, self.params, config.horizon)
-        return fused_rollout(self.policy, initial_state(state), self.params, self.horizon, system=self.system,
+        samples = config.noise_samples
+        return fused_rollout(self.behaviour, initial_state(repeat_rows(state, samples)),
+                             repeat_rows(self.params, samples), self.horizon, system=self.system,
                              compile=config.compile, features=features, generator=run.generator).rewards
 
     def step(self, iteration: int) -> dict[str, Tensor | float]:
