@@ -17,6 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 PARTS = ("stationarity", "objective", "representation", "optimisation")
+#: What a physics' R* is, where it is not the optimum of that physics.
+NOTES = {"randomized": "R* here is the nominal parameters' DP played without knowing each episode's draw "
+                       "(results/optimal: an achievable policy, not an optimum for the randomised episodes); a learner "
+                       "can beat it, and the parts then carry that sign.",
+         "noisy": "R* is the DP of the expected return (Gauss-Hermite over the torque noise), scored on the fixed "
+                  "noise draws."}
 COLOURS = {"stationarity": "#4c72b0", "objective": "#dd8452", "representation": "#55a868", "optimisation": "#c44e52"}
 
 
@@ -100,7 +106,10 @@ def report(root: Path) -> str:
            "(DAgger: teacher rollouts, then rounds of student rollouts labelled by the teacher, aggregated, refit); "
            "the distilled policies are the `reference` rows, never learners.",
            "- **optimisation** = R_dist - R_L: what remains. Negative when the learner beats the distilled "
-           "reference.", "",
+           "reference: the distillation (its budget is in config.json, its protocol return after each DAgger round "
+           "in the reference tables) then reached less than the learner did, and the representation part "
+           "*overstates* what the MLP cannot represent (it bounds it from above; only the sum of the two parts is "
+           "then firm: the last column, R_g - R_L, the learner's shortfall from the optimum of its own objective).", "",
            "Signs are as measured: any part may be negative. The off-policy learners (DDPG, TD3, SAC) use larger "
            "ReLU actors than the 2x64 tanh MLP of the representation part; for them that part is the cost of the "
            "*BPTT* learners' network, and their optimisation part absorbs the difference.", "",
@@ -121,6 +130,8 @@ def report(root: Path) -> str:
         out += [f"## {physics}", "",
                 f"R* = {fmt(first['optimum'])}, R_stat = {fmt(first['stationary'])}"
                 + (f" (DP grid {first['grid']})" if first.get("grid") else "") + ".", ""]
+        if physics in NOTES:
+            out += [NOTES[physics], ""]
         table = []
         for r in mine:
             if r["role"] != "learner":
@@ -130,9 +141,11 @@ def report(root: Path) -> str:
                 value, error = num(r[part]), num(r.get(f"{part}_dp_error"))
                 mark = "*" if part in (r.get("within_dp_error") or "").split() else ""
                 cells.append(fmt(value) + mark + (f" (±{error:.2f})" if error == error and error > 0 else ""))
+            together = num(r["representation"]) + num(r["optimisation"])
             table.append([r["experiment"], r["algo"], r["n_seeds"], fmt(r["discount"], 3), fmt(r["learner_return"]),
-                          fmt(r["gap"]), *cells])
-        out += markdown_table(["experiment", "learner", "seeds", "discount", "R_L", "gap", *PARTS], table) + [""]
+                          fmt(r["gap"]), *cells, fmt(together)])
+        out += markdown_table(["experiment", "learner", "seeds", "discount", "R_L", "gap", *PARTS,
+                               "repr. + optim."], table) + [""]
         refs = [[r["algo"], fmt(r["discount"], 3), fmt(r["discounted"]), fmt(r["distilled"]), fmt(r["distill_mae"], 3),
                  r["distill_rounds"]] for r in mine if r["role"] == "reference"]
         out += ["Reference rows (distilled policies, never learners):", ""]
