@@ -81,6 +81,7 @@ class Rollout(NamedTuple):
     actions: Tensor | None = None  # [*B, H, action_dim]
     next_observations: Tensor | None = None  # [*B, H, obs_dim] the state reached, before any reset
     truncated: Tensor | None = None  # [*B, H] bool: the episode ended (and was reset) after this step
+    contact: Tensor | None = None  # [*B, H] bool: this step touched a contact (only with cut_at_contact)
 
 
 def initial_state(state: Tensor, step_count: Tensor | None = None) -> RolloutState:
@@ -145,6 +146,7 @@ def fused_rollout(
     noise: Tensor | None = None,
     noise_generator: torch.Generator | None = None,
     native: bool | None = None,
+    cut_at_contact: str | None = None,
 ) -> Rollout:
     """Rolls ``policy`` through ``system`` for ``horizon`` steps, differentiably.
 
@@ -170,12 +172,23 @@ def fused_rollout(
             wherever it supports the case (:func:`research.native.supported`: the pendulum without optional terms,
             a policy that declares its layers) and neither ``compile``, ``episode_length`` nor ``keep_trajectory``
             is asked for; ``False``: never; ``True``: required.
+        cut_at_contact: ``None`` (default): no contact test. ``"before"`` or ``"after"``: each step also asks
+            ``system.contact`` (no gradient) and, where the step touches a contact, cuts the gradient path across it:
+            the state after it is detached (so nothing later reaches anything earlier through the contact) and the
+            rollout returns the flags as ``contact``. ``"before"`` also feeds the contact step a detached state and
+            detaches its ``next_observations`` row (no gradient path crosses the contact at all); ``"after"`` keeps
+            ``next_observations`` differentiable through that one step (a value bootstrapped there sees it). Needs
+            ``keep_trajectory``; not with ``compile``.
 
     Returns:
         A :class:`Rollout`; ``rewards`` has shape ``[*B, H]``.
     """
     if horizon <= 0:
         raise ValueError(f"horizon must be a positive number of steps, got {horizon}")
+    if cut_at_contact not in (None, "before", "after"):
+        raise ValueError(f"cut_at_contact must be None, 'before' or 'after', got {cut_at_contact!r}")
+    if cut_at_contact is not None and (compile or not keep_trajectory):
+        raise ValueError("cut_at_contact needs keep_trajectory=True and compile=False")
     x, step_count = state
     batch = x.shape[:-1]
     system, features = _resolve(system, params, features)
@@ -190,18 +203,24 @@ def fused_rollout(
         if episode_length is not None:
             raise ValueError("compile=True rolls out without resets; use episode_length=None (or compile=False)")
         return _compiled_rollout(policy, system, state, params, horizon, keep_trajectory, features, noise)
-    rewards, observations, actions, next_observations, truncations = [], [], [], [], []
+    rewards, observations, actions, next_observations, truncations, contacts = [], [], [], [], [], []
     for t in range(horizon):
         obs, aux = system.observe_for_step(x)
         action = policy(obs)
-        x, reward = system.step(x, action, constants, None if noise is None else noise[..., t, :], aux)
+        if cut_at_contact is None:
+            x, reward = system.step(x, action, constants, None if noise is None else noise[..., t, :], aux)
+        else:
+            x, reward, next_obs, touched = _contact_step(system, x, action, constants,
+                                                         None if noise is None else noise[..., t, :], aux,
+                                                         cut_at_contact)
+            contacts.append(touched)
         rewards.append(reward)
         if episode_length is not None:
             step_count = step_count + 1
         if keep_trajectory:
             observations.append(obs)
             actions.append(action)
-            next_observations.append(system.observe(x))
+            next_observations.append(system.observe(x) if cut_at_contact is None else next_obs)
         if episode_length is not None:
             done = step_count >= episode_length
             fresh = system.reset_state(batch, generator, x, constants, features)
@@ -221,7 +240,25 @@ def fused_rollout(
         actions=torch.stack(actions, dim=-2),
         next_observations=torch.stack(next_observations, dim=-2),
         truncated=torch.stack(truncations, dim=-1),
+        contact=torch.stack(contacts, dim=-1) if contacts else None,
     )
+
+
+def _contact_step(system: System, x: Tensor, action: Tensor, constants: Any, noise: Tensor | None, aux: Any,
+                  mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step of :func:`fused_rollout` with ``cut_at_contact=mode``: ``(next state [*B, state_dim] (detached
+    where the step touched a contact), reward [*B], next observation [*B, obs_dim], contact [*B] bool)``."""
+    touched = system.contact(x.detach(), action.detach(), constants, noise)
+    cut = touched.unsqueeze(-1)
+    if mode == "before":
+        x, aux = torch.where(cut, x.detach(), x), None  # (aux was computed from the undetached state)
+    x, reward = system.step(x, action, constants, noise, aux)
+    if mode == "after":
+        next_obs = system.observe(x)
+    x = torch.where(cut, x.detach(), x)
+    if mode == "before":
+        next_obs = system.observe(x)
+    return x, reward, next_obs, touched
 
 
 def discounted_sum(rewards: Tensor, discount: float) -> Tensor:

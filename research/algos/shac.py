@@ -23,6 +23,11 @@ policy drifts into a saturated bang-bang controller that holds the pendulum tilt
 gradient is ~1e-5 and learning stops at a mean return of about -780) and ``action_noise`` (with the noise, fewer seeds
 settle on a policy that swings up the same way round from every side).
 
+Logged besides the losses: ``train/saturated``, the fraction of the deterministic policy's actions on the window's
+states beyond 0.99 of the bound (:func:`saturated_fraction`), the measure of the saturation trap the squash penalty
+counters. :mod:`research.algos.ahac` subclasses this trainer through :meth:`SHAC.window_rollout` and
+:meth:`SHAC.piece_ends`.
+
 TorchRL pieces: the critic is a torchrl ``MLP`` and the targets come from torchrl's
 ``td_lambda_return_estimate`` (``done`` = truncated: the recursion stops there and bootstraps from the value of the
 true next state; nothing terminates on the pendulum). The target update is the four-line :func:`polyak_update`
@@ -162,6 +167,25 @@ def noisy_policy(policy: SquashedMLP, std: float, generator: torch.Generator):
     return act
 
 
+#: An action counts as saturated beyond this fraction of its bound (the tanh's slope there is below 0.02).
+SATURATION = 0.99
+
+
+def squash_loss(policy: SquashedMLP, observations: Tensor) -> Tensor:
+    """The squash penalty's term: the mean squared pre-tanh output of ``policy`` on ``observations [..., obs_dim]``
+    (detached: the penalty acts on the weights, not through the states). Multiplied by ``squash_penalty`` in the
+    actor loss of SHAC (and of BPTT when its ``squash_penalty > 0``)."""
+    return policy.net(observations.detach()).pow(2).mean()
+
+
+@torch.no_grad()
+def saturated_fraction(policy: SquashedMLP, observations: Tensor) -> Tensor:
+    """The fraction of the deterministic policy's action components on ``observations [..., obs_dim]`` with
+    ``|a| > SATURATION * bound`` (a scalar tensor): how much of the visited states sit in the tanh's flat tails."""
+    actions = policy(observations.detach())
+    return (actions.abs() > SATURATION * policy.max_torque).float().mean()
+
+
 def segment_discounts(truncated: Tensor, discount: float, dtype: torch.dtype = torch.float32) -> Tensor:
     """``discount ** (t - start of t's episode piece)``, ``[N, K]``: the discount restarts after a truncation.
 
@@ -262,20 +286,36 @@ class SHAC(Checkpointable):
         self.episode_return = torch.zeros(config.num_envs, device=run.device, dtype=run.dtype)
         self.behaviour = noisy_policy(self.policy, config.action_noise, run.generator)
 
+    def window_rollout(self) -> Rollout:
+        """One window (``K`` steps, trajectory kept) of the behaviour policy from the carried systems."""
+        config = self.config
+        return fused_rollout(self.behaviour, self.carried, self.params, config.window,
+                             episode_length=config.env.episode_length, generator=self.run.generator,
+                             keep_trajectory=True, system=self.system)
+
+    def piece_ends(self, rollout: Rollout) -> Tensor:
+        """``[N, K]`` bool: the steps after which a piece of the actor objective ends and is bootstrapped with the
+        target critic's value of ``next_observations`` (SHAC: the truncations; the window's end is added by
+        :func:`actor_loss`)."""
+        return rollout.truncated
+
+    def window_metrics(self, rollout: Rollout, ends: Tensor) -> dict[str, Tensor | float]:
+        """Extra ``train/`` metrics of one window (none for SHAC)."""
+        return {}
+
     def step(self, iteration: int) -> dict[str, Tensor | float]:
         config = self.config
-        rollout: Rollout = fused_rollout(self.behaviour, self.carried, self.params, config.window,
-                                         episode_length=config.env.episode_length, generator=self.run.generator,
-                                         keep_trajectory=True, system=self.system)
+        rollout = self.window_rollout()
         self.carried = RolloutState(*(t.detach() for t in rollout.state))
         self.params = redraw_finished(self.params, self.system, rollout.truncated.any(-1), self.run.generator)
         self.run.budget.add_steps(rollout.rewards.numel())
         next_values = self.target_critic(rollout.next_observations).squeeze(-1)
 
         scaled_rewards = rollout.rewards * config.reward_scale
-        loss = actor_loss(scaled_rewards, next_values, rollout.truncated, config.discount)
+        ends = self.piece_ends(rollout)
+        loss = actor_loss(scaled_rewards, next_values, ends, config.discount)
         if config.squash_penalty:
-            loss = loss + config.squash_penalty * self.policy.net(rollout.observations.detach()).pow(2).mean()
+            loss = loss + config.squash_penalty * squash_loss(self.policy, rollout.observations)
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = self.actor_guard.clip(loss, self.policy.parameters(), config.grad_clip)
@@ -300,7 +340,8 @@ class SHAC(Checkpointable):
                 "train/reward_mean": rewards.mean(), "train/actor_loss": loss.detach(),
                 "train/critic_loss": critic_loss, "train/value_mean": next_values.mean(),
                 "train/target_mean": targets.mean(), "train/grad_norm": math.nan if grad_norm is None else grad_norm,
-                "train/lr": lr}
+                "train/lr": lr, "train/saturated": saturated_fraction(self.policy, rollout.observations),
+                **self.window_metrics(rollout, ends)}
 
 
 def train_shac(config: SHACConfig, writer: Writer | None = None, quiet: bool = False) -> dict:

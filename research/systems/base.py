@@ -388,6 +388,13 @@ class System:
         """
         raise NotImplementedError
 
+    def contact(self, state: Tensor, action: Tensor, constants: Any = None, noise: Tensor | None = None) -> Tensor:
+        """``[*B]`` bool: the transition :meth:`step` takes from ``state [*B, state_dim]`` under ``action
+        [*B, action_dim]`` is stiff (a contact, a penalty regime), so its Jacobian should not be chained into a
+        gradient (``research.algos.ahac`` cuts there). Arguments as in :meth:`step`; no gradient; a separate call,
+        so rollouts that do not ask pay nothing. Default: no contact anywhere (systems without contact)."""
+        return torch.zeros(state.shape[:-1], dtype=torch.bool, device=state.device)
+
     def goal_error(self, state: Tensor) -> Tensor:
         """A distance ``[*B]`` of ``state`` to the goal (radians from upright for the swing-ups)."""
         raise NotImplementedError

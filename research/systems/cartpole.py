@@ -202,6 +202,16 @@ class CartPole(System):
             constants = step_constants(constants)
         return cartpole_step(state, action[..., 0], constants, aux)
 
+    @torch.no_grad()
+    def contact(self, state: Tensor, action: Tensor, constants: Any = None, noise: Tensor | None = None) -> Tensor:
+        """``[*B]`` bool: the cart is beyond the track limit before the step (``|x| > track_limit``), where the
+        cost's track penalty acts (the cart-pole's only contact-like regime; never with ``track_limit = +inf``)."""
+        if constants is None:
+            constants = self.constants(like=state)
+        elif isinstance(constants, CartPoleParams):
+            constants = step_constants(constants)
+        return state[..., 0].abs() > constants.track_limit
+
     def goal_error(self, state: Tensor) -> Tensor:
         """``|angle_normalize(theta)|``: radians from upright."""
         return angle_normalize(state[..., 2]).abs()

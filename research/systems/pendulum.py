@@ -590,6 +590,29 @@ class Pendulum(System):
                                           noise=None if noise is None else noise[..., 0])
         return torch.stack((th, thdot), dim=-1), reward
 
+    @torch.no_grad()
+    def contact(self, state: Tensor, action: Tensor, constants: Any = None, noise: Tensor | None = None) -> Tensor:
+        """``[*B]`` bool: the step touches the wall. Hard wall: the Euler step crosses ``phi`` (or ``phi - 2 pi``)
+        and is reflected, recomputed here without the reflection (the same operations as :func:`pendulum_step`);
+        soft wall: the angle before the step penetrates the wall, so the penalty torque ``-k * penetration`` acts.
+        No wall in the features: all ``False``."""
+        if constants is None:
+            constants = self.constants(like=state)
+        elif isinstance(constants, PendulumParams):
+            constants = step_constants(constants, self.features)
+        f = constants.features
+        th = state[..., 0]
+        touched = torch.zeros(th.shape, dtype=torch.bool, device=th.device)
+        if f.soft_wall:
+            touched = (th > constants.soft_high) | (th < constants.soft_low)
+        if f.hard_wall:
+            free = constants._replace(features=PhysicsFeatures(**{**{g.name: getattr(f, g.name) for g in fields(f)},
+                                                                  "hard_wall": False}))
+            next_th, _, _ = pendulum_step(th, state[..., 1], action[..., 0], free,
+                                          noise=None if noise is None else noise[..., 0])
+            touched = touched | (next_th > constants.wall_high) | (next_th < constants.wall_low)
+        return touched
+
     def goal_error(self, state: Tensor) -> Tensor:
         """``|angle_normalize(th)|``: radians from upright."""
         return angle_normalize(state[..., 0]).abs()
