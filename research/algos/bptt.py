@@ -22,6 +22,11 @@ Gaussian noise before the tanh squash, as SHAC does (:func:`research.algos.shac.
 through it (reparameterised), optionally ``noise_samples`` draws per start state. At the defaults (0, 1) the rollouts
 run the deterministic policy itself, as before, and the config hash leaves both fields out.
 
+``squash_penalty > 0`` adds SHAC's squash penalty (:func:`research.algos.shac.squash_loss` on the rollout's states)
+to the loss: the ablation of the saturation trap, where a bang-bang policy's tanh gradients vanish. Every update logs
+``train/saturated``, the fraction of the policy's actions beyond 0.99 of the bound on the update's start states
+(in full-horizon mode the reset distribution, i.e. the state space).
+
 :mod:`research.algos.bptt_finetune` adds a second stage on the evaluation's own objective;
 :mod:`research.algos.bptt_blend` blends the first-order gradient with the likelihood-ratio one.
 """
@@ -38,7 +43,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from research import harness
-from research.algos.shac import noisy_policy
+from research.algos.shac import noisy_policy, saturated_fraction, squash_loss
 from research.config import ConfigError, RunConfig
 from research.envs import PendulumEnv, PendulumParams
 from research.harness import (
@@ -92,9 +97,13 @@ class BPTTConfig(RunConfig):
     """Noise draws per start state in full-horizon mode: each of the ``num_envs`` start states (and its physical
     parameters) is rolled out this many times with independent action noise (the batch has num_envs * noise_samples
     rows); > 1 needs action_noise > 0 and window = 0."""
+    squash_penalty: float = 0.0
+    """Weight of SHAC's squash penalty (the mean squared pre-tanh output of the policy on the rollout's states,
+    ``research.algos.shac.squash_loss``) added to the loss: keeps the tanh out of the saturated bang-bang trap where
+    its gradient vanishes; 0 = plain BPTT (today's path)."""
 
     #: Fields added after runs were recorded, left out of the config hash at these values (``research.config``).
-    HASH_NEUTRAL_FIELDS: ClassVar[dict[str, Any]] = {"action_noise": 0.0, "noise_samples": 1}
+    HASH_NEUTRAL_FIELDS: ClassVar[dict[str, Any]] = {"action_noise": 0.0, "noise_samples": 1, "squash_penalty": 0.0}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,6 +132,9 @@ class BPTTConfig(RunConfig):
             raise ConfigError(f"noise_samples must be >= 1, and > 1 only with action_noise > 0 and window = 0, got "
                               f"noise_samples={self.noise_samples} (action_noise={self.action_noise}, "
                               f"window={self.window})")
+        if not (0.0 <= self.squash_penalty < math.inf) or (self.squash_penalty and self.rollout == "env"):
+            raise ConfigError(f"squash_penalty must be a finite weight >= 0, and 0 with rollout='env', got "
+                              f"{self.squash_penalty} (rollout={self.rollout!r})")
         if self.action_noise and (self.rollout == "env" or self.compile):
             raise ConfigError("action_noise > 0 needs rollout='fused' and compile=false")
 
@@ -211,11 +223,14 @@ class BPTT(Checkpointable):
         """Rewards ``[B, H]`` (or ``[B, K]`` in truncated mode) of one differentiable rollout of the policy."""
         config, run = self.config, self.run
         features = self.system.features
+        penalty = bool(config.squash_penalty)  # the penalty needs the rollout's observations
         if not self.full_horizon:
+            self.start_state = self.carried.state
             rollout = fused_rollout(self.behaviour, self.carried, self.params, config.window,
                                     episode_length=config.env.episode_length, generator=run.generator,
                                     system=self.system, features=features,
-                                    keep_trajectory=bool(self.system.ranges))
+                                    keep_trajectory=bool(self.system.ranges) or penalty)
+            self.observations = rollout.observations
             self.carried = RolloutState(*(t.detach() for t in rollout.state))
             if self.system.ranges:
                 self.params = redraw_finished(self.params, self.system, rollout.truncated.any(-1), run.generator)
@@ -223,17 +238,23 @@ class BPTT(Checkpointable):
         if self.system.ranges:
             self.params = self.system.params(self.batch, run.generator, run.device, run.dtype)
         state = self.system.initial_state(self.batch, run.generator, run.device, run.dtype, params=self.params)
+        self.start_state = state
         if self.env is not None:
             return env_rollout_rewards(self.env, self.policy, state, self.params, config.horizon)
         samples = config.noise_samples
-        return fused_rollout(self.behaviour, initial_state(repeat_rows(state, samples)),
-                             repeat_rows(self.params, samples), self.horizon, system=self.system,
-                             compile=config.compile, features=features, generator=run.generator).rewards
+        rollout = fused_rollout(self.behaviour, initial_state(repeat_rows(state, samples)),
+                                repeat_rows(self.params, samples), self.horizon, system=self.system,
+                                compile=config.compile, features=features, generator=run.generator,
+                                keep_trajectory=penalty)
+        self.observations = rollout.observations
+        return rollout.rewards
 
     def step(self, iteration: int) -> dict[str, Tensor | float]:
         rewards = self.rollout_rewards()
         self.run.budget.add_steps(rewards.numel())
         loss = horizon_loss(rewards, self.discount)
+        if self.config.squash_penalty:
+            loss = loss + self.config.squash_penalty * squash_loss(self.policy, self.observations)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = self.guard.clip(loss, self.policy.parameters(), self.config.grad_clip)
@@ -244,7 +265,8 @@ class BPTT(Checkpointable):
         rewards = rewards.detach()
         return {"train/return": rewards.sum(-1).mean(), "train/reward_mean": rewards.mean(),
                 "train/loss": loss.detach(), "train/grad_norm": math.nan if grad_norm is None else grad_norm,
-                "train/lr": lr}
+                "train/lr": lr,
+                "train/saturated": saturated_fraction(self.policy, self.system.observe(self.start_state))}
 
 
 def train_bptt(config: BPTTConfig, writer: Writer | None = None, quiet: bool = False) -> dict:
