@@ -33,6 +33,12 @@ state's ``noise_samples`` rows, so the ``B = num_envs`` samples are independent.
 ``alpha`` in ``[0, 1]`` fixes it instead. The blend is clipped and applied by Adam like BPTT's gradient; alpha, both
 variances, the gap ``|g1 - g0|`` and ``r`` are logged as ``train/`` metrics.
 
+Defaults (sigma 0.3 before the squash, ``epsilon`` 10, ``ci_z`` 2): at ``epsilon`` = 1 the zeroth-order radius ``r``
+(about 4-6 at a random policy, B = 128) exceeds the tolerance and alpha is 0 at every iteration (plain likelihood
+ratio); at 10 the test cuts alpha in about 10% of iterations. On coulomb seed 0 (1 thread) alpha's median is 0.015
+over the first 100 iterations (the first-order variance is huge there), 0.05 up to 300 and 0.98 after (the policy
+has converged and the first-order variance collapsed); the run ends at -178.1, plain BPTT's at -176.7 on the same host.
+
 Only full-horizon fused rollouts (``window = 0``, ``rollout = "fused"``, no compile). Each iteration costs about three
 of plain BPTT's (the noisy rollout without :mod:`research.native`'s C loop, its backward, the baseline rollout, the
 per-sample gradients).
