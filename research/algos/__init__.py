@@ -19,11 +19,15 @@ class AlgoSpec(NamedTuple):
 
 _REGISTRY = {
     "bptt": AlgoSpec("research.algos.bptt", "BPTTConfig", "train_bptt"),
+    "bptt_blend": AlgoSpec("research.algos.bptt_blend", "BPTTBlendConfig", "train_bptt_blend"),
     "bptt_finetune": AlgoSpec("research.algos.bptt_finetune", "BPTTFinetuneConfig", "train_bptt_finetune"),
     "ddpg": AlgoSpec("research.algos.ddpg", "DDPGConfig", "train_ddpg"),
     "shac": AlgoSpec("research.algos.shac", "SHACConfig", "train_shac"),
+    "ahac": AlgoSpec("research.algos.ahac", "AHACConfig", "train_ahac"),
     "td3": AlgoSpec("research.algos.td3", "TD3Config", "train_td3"),
     "sac": AlgoSpec("research.algos.sac", "SACConfig", "train_sac"),
+    "ppo": AlgoSpec("research.algos.ppo", "PPOConfig", "train_ppo"),
+    "ptd3": AlgoSpec("research.algos.ptd3", "PTD3Config", "train_ptd3"),
 }
 
 ALGOS = tuple(_REGISTRY)
