@@ -22,7 +22,7 @@ REPORT_STEPS = $(if $(shell grep -qs '^\[gradient_study\]' experiments/$(EXP).to
 help: ## list every target with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
-install: ## install torch first, then the package with its extras (EXTRAS=dev,distributed,plots)
+install: ## install torch first, then the package with its extras (EXTRAS=dev,distributed,plots,stats,tune)
 	$(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install -e ".[$(EXTRAS)]"
 
@@ -81,7 +81,7 @@ bench: ## speed benchmarks, all cores and 1 thread -> results/bench/ (peers: the
 		--benchmark-json=results/bench/benchmark-1thread.json
 	$(PYTHON) scripts/bench_report.py results/bench/benchmark.json results/bench/benchmark-1thread.json
 
-gpu-check: ## on a CUDA machine (< 8 min on one H100): CUDA tests, benchmarks, pendulum_compare seed 0 -> results/bench/cuda/
+gpu-check: ## on a CUDA machine (< 8 min on one H100): CUDA tests, benchmarks, pendulum_compare + ppo + ptd3 seed 0 -> results/bench/cuda/
 	PYTHON=$(PYTHON) scripts/gpu_check.sh
 
 clean: ## remove caches (never results)

@@ -5,8 +5,9 @@
 #   2. the benchmarks on CUDA: every case of tests/benchmarks marked cuda, eager and compiled in two pytest runs
 #      (each its own JSON, so a compile that runs long loses only its half), with the device and the GPU's name
 #      recorded per case, then results/bench/cuda/BENCH.md from scripts/bench_report.py;
-#   3. one seed of each method of experiments/pendulum_compare.toml on CUDA (a copy with seeds = [0] as the
-#      experiment pendulum_compare_cuda, every run at once), results/bench/cuda/pendulum_compare_cuda/summary.csv.
+#   3. one seed of each method of experiments/pendulum_compare.toml and of the parallel-environment baselines
+#      (PPO, PTD3 at their defaults, EXTRA_ALGOS) on CUDA (a copy with seeds = [0] as the experiment
+#      pendulum_compare_cuda, every run at once), results/bench/cuda/pendulum_compare_cuda/summary.csv.
 #
 # Each step runs under its own time limit (GPU_CHECK_TESTS_S, GPU_CHECK_EAGER_S, GPU_CHECK_COMPILED_S,
 # GPU_CHECK_EXPERIMENT_S seconds; 55 + 110 + 130 + 140, plus 20 for each report: 475 s at most by default); a step
@@ -46,10 +47,15 @@ TOML="$TMP/$EXP.toml"
 import re, sys, tomllib
 from pathlib import Path
 
+EXTRA_ALGOS = ["ppo", "ptd3"]  # the parallel-environment baselines, at their trainers' defaults
 text = Path(sys.argv[1]).read_text()
 copy, count = re.subn(r"(?m)^seeds\s*=\s*\[[^\]]*\]", "seeds = [0]", text)
-if count != 1 or tomllib.loads(copy)["experiment"]["seeds"] != [0]:
-    sys.exit(f"gpu_check: cannot set seeds = [0] in {sys.argv[1]} (expected one 'seeds = [...]' line)")
+algos = tomllib.loads(text)["experiment"]["algos"] + EXTRA_ALGOS
+copy, count_algos = re.subn(r"(?m)^algos\s*=\s*\[[^\]]*\]", "algos = " + repr(algos).replace("'", '"'), copy)
+copy += "".join(f"\n[{algo}]\n" for algo in EXTRA_ALGOS)
+if count != 1 or count_algos != 1 or tomllib.loads(copy)["experiment"]["seeds"] != [0]:
+    sys.exit(f"gpu_check: cannot set seeds = [0] and extend algos in {sys.argv[1]} (expected one 'seeds = [...]' "
+             "and one 'algos = [...]' line)")
 Path(sys.argv[2]).write_text(copy)
 EOF
 JOBS=$("$PYTHON" -c "import sys, tomllib; print(len(tomllib.load(open(sys.argv[1], 'rb'))['experiment']['algos']))" "$TOML")

@@ -46,6 +46,7 @@ def test_dry_run_lists_the_steps_and_one_seed_of_each_method(tmp_path):
     assert "-m pytest -q -m cuda" in steps[0]
     assert all("-m cuda --benchmark-only" in s and "/cuda/benchmark-" in s for s in steps[1:3])
     algos = tomllib.loads((ROOT / "experiments" / "pendulum_compare.toml").read_text())["experiment"]["algos"]
+    algos = [*algos, "ppo", "ptd3"]  # the parallel-environment baselines join the headline methods
     assert "--device cuda" in steps[4] and f"--jobs {len(algos)}" in steps[4]  # every method at once
     runs = [line.split()[0] for line in out.splitlines() if "/pendulum_compare_cuda/" in line and "seed_" in line
             and not line.startswith("==")]
