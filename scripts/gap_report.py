@@ -102,9 +102,15 @@ def report(root: Path) -> str:
            "- **objective** = R_stat - R_g: R_g is the stationary greedy policy of the DP of the learner's own "
            "discounted objective (discount read from each run's config.json: the last stage's `discount`, else "
            "`gamma`). Exactly 0 at g = 1 (the same DP).",
-           "- **representation** = R_g - R_dist: R_g's policy distilled into the learners' 2x64 tanh squashed MLP "
-           "(DAgger: teacher rollouts, then rounds of student rollouts labelled by the teacher, aggregated, refit); "
-           "the distilled policies are the `reference` rows, never learners.",
+           "- **representation** = R_g - R_dist: R_dist is the better on the protocol of two students of R_g in the "
+           "learners' 2x64 tanh squashed MLP (the `reference` column says which): `distilled_dp_g*`, DAgger with an "
+           "MSE loss on the teacher's actions (teacher rollouts, then rounds of student rollouts labelled by the "
+           "teacher, aggregated, refit); and `value_dp_g*`, *SHAC with an oracle critic*: the MSE student "
+           "fine-tuned to maximise the DP's own objective, -(sum_{t<K} g^t r_t + g^K V_g(s_K)), through K-step "
+           "differentiable rollouts of the physics from states its own rollouts visit (aggregated over rounds, plus "
+           "fresh starts of another seed than the evaluation's), V_g the DP's time-0 value table at the teacher's "
+           "discount (at g = 1 the undiscounted 200-step DP's V_0) interpolated bilinearly; K in {1, 4, 16}, the "
+           "best on the protocol kept. Both students are `reference` rows, never learners.",
            "- **optimisation** = R_dist - R_L: what remains. Negative when the learner beats the distilled "
            "reference: the distillation (its budget is in config.json, its protocol return after each DAgger round "
            "in the reference tables) then reached less than the learner did, and the representation part "
@@ -143,14 +149,17 @@ def report(root: Path) -> str:
                 cells.append(fmt(value) + mark + (f" (±{error:.2f})" if error == error and error > 0 else ""))
             together = num(r["representation"]) + num(r["optimisation"])
             table.append([r["experiment"], r["algo"], r["n_seeds"], fmt(r["discount"], 3), fmt(r["learner_return"]),
-                          fmt(r["gap"]), *cells, fmt(together)])
+                          fmt(r["gap"]), *cells, fmt(together), r.get("reference") or "mse"])
         out += markdown_table(["experiment", "learner", "seeds", "discount", "R_L", "gap", *PARTS,
-                               "repr. + optim."], table) + [""]
+                               "repr. + optim.", "R_dist from"], table) + [""]
         refs = [[r["algo"], fmt(r["discount"], 3), fmt(r["discounted"]), fmt(r["distilled"]), fmt(r["distill_mae"], 3),
-                 r["distill_rounds"]] for r in mine if r["role"] == "reference"]
-        out += ["Reference rows (distilled policies, never learners):", ""]
-        out += markdown_table(["reference", "teacher discount", "teacher return", "distilled return",
-                               "action MAE / max", "protocol return after each round"], refs) + [""]
+                 r["distill_rounds"], r.get("value_by_horizon") or "",
+                 "yes" if (r.get("reference_used") or "mse") == (r.get("reference") or "mse") else ""]
+                for r in mine if r["role"] == "reference"]
+        out += ["Reference rows (students of the DP policy, never learners; `used`: the one R_dist is taken from):", ""]
+        out += markdown_table(["reference", "teacher discount", "teacher return", "student return",
+                               "action MAE / max", "protocol return after each round", "last round per K", "used"],
+                              refs) + [""]
     if dp:
         keys = [k for k in dp[0] if k not in ("physics", "grid", "actions", "seconds")]
         out += ["## DP returns at each grid (resolution check)", ""]
@@ -162,6 +171,7 @@ def report(root: Path) -> str:
         out.append(f"- {' '.join(inv['physics'])}: commit `{inv.get('git_commit')}`"
                    + (f", modified {inv['modified_paths']}" if inv.get("modified_paths") else "")
                    + f", grid {inv.get('grid')} (coarse {inv.get('coarse_grid')}), distill {inv.get('distill')}, "
+                   f"value-based student {inv.get('value_distill') or 'none (MSE student only)'}, "
                    f"{inv.get('device')}, {inv.get('seconds', 0):.0f} s")
     out.append("")
     return "\n".join(out)

@@ -7,8 +7,13 @@ undiscounted, the fixed noise and parameter draws). For a pendulum preset and a 
     R_stat   the DP's stationary greedy policy (greedy w.r.t. V_1 at every step: optimal.GreedyPolicy)
     R_g      the stationary greedy policy of the DP of the *discounted* objective at the learner's discount g
              (V_H = 0, V_t = max_u r + g V_{t+1}, H = 200; greedy w.r.t. g V_1, :func:`solve_discounted`)
-    R_dist   R_g's policy distilled into the learners' MLP (2x64 tanh, squashed: make_policy), DAgger-style
-             (:func:`distill`): a labelled reference row, never a learner
+    R_dist   R_g's policy in the learners' MLP (2x64 tanh, squashed: make_policy): the better on the protocol of two
+             students, each a labelled reference row, never a learner:
+             - ``mse``: DAgger with an MSE loss on the teacher's actions (:func:`distill`)
+             - ``value``: "SHAC with an oracle critic" (:func:`value_distill`): warm-started from the MSE student, it
+               maximises the DP's own discounted objective through K-step differentiable rollouts of the physics
+               ended by the DP's value, ``-(sum_{t<K} g^t r_t + g^K V_g(s_K))`` with ``V_g`` the DP table
+               interpolated bilinearly (:class:`GridValue`), on states the student's own rollouts visit
     R_L      the learner's final evaluation return (mean over its seeds), read from an experiment directory
 
     gap = R* - R_L = (R* - R_stat)      stationarity
@@ -29,7 +34,8 @@ of its ends' errors.
 reference there (``results/optimal/<system>/summary.json``: the better of the trajectory-optimisation plan and the
 reference controller per start, time-varying open-loop plans), ``R_stat`` the reference controller (stationary, the
 best stationary controller at hand), the objective part is *not defined* (no discounted optimum: left empty), and the
-representation part distills the reference controller into the MLP.
+representation part distills the reference controller into the MLP (the MSE student only: there is no DP value
+there for the value-based one).
 
 ``python -m research.analysis.gap`` (``make gap``) writes ``<out>/summary.csv`` (a row per experiment, physics and
 learner, plus the reference rows), ``<out>/dp.csv`` (each DP return at each grid), ``<out>/config.json`` (settings and
@@ -40,6 +46,7 @@ and the figure. A run for some physics (``--physics``) keeps the other physics' 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
 import io
@@ -59,6 +66,7 @@ from tqdm.auto import tqdm
 from research.analysis.optimal import (
     GreedyPolicy,
     OptimalSolution,
+    StateGrid,
     evaluate_solution,
     resolve_physics,
     solve_optimal,
@@ -259,6 +267,145 @@ def controller_teacher(system: System) -> Teacher:
     return lambda state: controller(system, state, None)
 
 
+# ---------------------------------------------------------------------------------------------------- value-based
+class GridValue:
+    """A DP value table as a function of the state, differentiable in it: ``state [*B, 2] -> [*B]``.
+
+    Bilinear interpolation on the solve's :class:`StateGrid` (:meth:`StateGrid.interpolate`: the angle wrapped on a
+    periodic grid, clamped into a wall's range and the speed into ``[-max_speed, max_speed]`` otherwise). The gradient
+    w.r.t. ``(th, thdot)`` is the cell's slope (piecewise constant; zero where clamped). The state's angle is the
+    system's own representation (unwrapped; in the wall's range with a wall), which is what the grid expects.
+    """
+
+    def __init__(self, solution: OptimalSolution, t: int = 0) -> None:
+        self.grid: StateGrid = solution.grid
+        self.table = solution.value(t)  # [n_th, n_thdot]
+        self.stacked = self.grid.stack(self.table)  # [n_th * n_thdot, 4]
+
+    def __call__(self, state: Tensor) -> Tensor:
+        value = self.grid.interpolate(None, state[..., 0], state[..., 1], self.stacked.to(state.dtype))
+        return value.to(state.dtype)
+
+
+def dp_value(policy: GreedyPolicy) -> GridValue:
+    """``V_g``: the time-0 value table of the DP behind a stationary greedy policy of :func:`dp_returns` (at
+    ``g < 1`` the 200-step discounted DP's ``V_0``, within ``g^200`` of the infinite-horizon value; at ``g = 1`` the
+    undiscounted finite-horizon DP's ``V_0``, the optimal 200-step return-to-go)."""
+    return GridValue(policy.solution, 0)
+
+
+@dataclass
+class ValueDistillConfig:
+    """The value-based student (:func:`value_distill`): "SHAC with an oracle critic"."""
+
+    horizons: tuple[int, ...] = (1, 4, 16)
+    """Rollout lengths K tried (each warm-started from the same student); the one that scores best on the protocol
+    is kept. K = 1 is the one-step lookahead: a policy greedy w.r.t. the DP's Q."""
+    rounds: int = 2
+    """DAgger-style rounds: roll the current student from fresh starts, aggregate the visited states, train."""
+    starts: int = 64
+    """Episodes rolled per round from the system's reset distribution (a generator apart from the evaluation's)."""
+    steps: int = 200
+    """Adam steps per round (the last round runs twice as many)."""
+    batch: int = 256
+    """Start states of the K-step rollouts per Adam step (a quarter fresh draws of the reset distribution, the rest
+    drawn from the aggregated visited states)."""
+    lr: float = 1e-3
+    """Adam learning rate (cosine-decayed to 10% within each round)."""
+    seed: int = 1
+    """Seed of the rollouts' starts, parameter draws, torque noise and minibatches (apart from the MSE student's)."""
+
+    def __post_init__(self) -> None:
+        self.horizons = tuple(int(k) for k in self.horizons)
+        if not self.horizons or any(k < 1 for k in self.horizons):
+            raise ConfigError(f"value_distill.horizons must be positive integers, got {list(self.horizons)}")
+        for name in ("rounds", "starts", "steps", "batch"):
+            if int(getattr(self, name)) < (0 if name == "rounds" else 1):
+                raise ConfigError(f"value_distill.{name} must be a positive integer, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"value_distill.lr must be > 0, got {self.lr}")
+
+
+def value_loss(system: System, policy: Callable[[Tensor], Tensor], value: Callable[[Tensor], Tensor], state: Tensor,
+               horizon: int, discount: float, generator: torch.Generator | None = None) -> Tensor:
+    """``-(sum_{t<K} g^t r_t + g^K V(s_K))`` averaged over the start states ``state [B, state_dim]``: a scalar,
+    differentiable end to end (policy -> physics -> value table's interpolation).
+
+    ``policy``: observation ``[B, obs_dim]`` -> action ``[B, action_dim]``; ``value``: state ``[B, state_dim]`` -> ``[B]``
+    (:class:`GridValue`). Each start gets a parameter draw of the system (fresh per call: a randomised physics' draws)
+    and fresh torque noise where the physics has noise; both from ``generator``.
+    """
+    batch = state.shape[0]
+    params = system.params((batch,), generator=generator)
+    constants = system.constants(params, like=state)
+    total = torch.zeros(batch, dtype=state.dtype)
+    weight = 1.0
+    for _ in range(horizon):
+        noise = (torch.randn((batch, system.noise_dim), generator=generator, dtype=state.dtype)
+                 if system.needs_noise else None)
+        state, reward = system.step(state, policy(system.observe(state)), constants, noise)
+        total = total + weight * reward
+        weight *= discount
+    return -(total + weight * value(state)).mean()
+
+
+@dataclass
+class ValueDistilled:
+    """The value-based student and its record: ``horizon`` (the K kept), ``by_horizon`` (K -> the protocol return
+    after each round), ``returns`` (those of the K kept), ``warm`` (the warm start's protocol return), ``states``
+    (the aggregated start states of the K kept)."""
+
+    policy: SquashedMLP
+    horizon: int
+    by_horizon: dict[int, list[float]]
+    returns: list[float]
+    warm: float
+    states: int
+    seconds: float
+
+
+def value_distill(system: System, value: Callable[[Tensor], Tensor], discount: float, warm: SquashedMLP,
+                  config: ValueDistillConfig | None = None, episodes: int = EVAL_EPISODES, quiet: bool = True,
+                  warm_return: float | None = None) -> ValueDistilled:
+    """For each K in ``config.horizons``: a copy of ``warm`` (the MSE student) trained by Adam on :func:`value_loss`
+    from start states that its own rollouts visit (aggregated over ``config.rounds`` rounds, plus fresh draws of the
+    reset distribution), scored on the protocol after each round. The K whose last round scores best is kept (ties:
+    the shorter). ``warm`` is left untouched."""
+    config = config or ValueDistillConfig()
+    start = time.perf_counter()
+    warm_score = protocol_return(warm, system, episodes) if warm_return is None else float(warm_return)
+    results: dict[int, tuple[SquashedMLP, list[float], int]] = {}
+    for horizon in config.horizons:
+        generator = torch.Generator().manual_seed(20_011 + config.seed)  # the same starts for every K
+        student = copy.deepcopy(warm)
+        act = observation_teacher(system, student)  # state -> action
+        optimiser = torch.optim.Adam(student.parameters(), lr=config.lr)
+        buffer: list[Tensor] = []
+        returns = []
+        for round_ in tqdm(range(config.rounds + 1), desc=f"value K={horizon}", disable=quiet, leave=False):
+            buffer.append(visited_states(system, act, config.starts, generator))
+            states = torch.cat(buffer)
+            steps = config.steps * (2 if round_ == config.rounds else 1)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps, eta_min=config.lr / 10)
+            for group in optimiser.param_groups:
+                group["lr"] = config.lr
+            fresh = max(1, config.batch // 4)
+            for _ in range(steps):
+                index = torch.randint(states.shape[0], (config.batch - fresh,), generator=generator)
+                batch = torch.cat((states[index], system.initial_state((fresh,), generator=generator)))
+                loss = value_loss(system, student, value, batch, horizon, discount, generator)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+            returns.append(protocol_return(student, system, episodes))
+        results[horizon] = (student, returns, int(states.shape[0]))
+    best = max(results, key=lambda k: (results[k][1][-1], -k))
+    policy, returns, count = results[best]
+    return ValueDistilled(policy, best, {k: r[1] for k, r in results.items()}, returns, warm_score, count,
+                          time.perf_counter() - start)
+
+
 # ---------------------------------------------------------------------------------------------------- learners
 def objective_discount(config: dict[str, Any]) -> float | None:
     """The discount of the objective a run's *last* stage optimised, from its config dict: a nested stage's
@@ -333,8 +480,11 @@ def _grid_from(n: int) -> tuple[int, int]:
 
 
 def pendulum_gap(physics: str, learners: list[dict[str, Any]], grid: int, coarse: int, actions: int,
-                 distill_config: DistillConfig, episodes: int, quiet: bool) -> tuple[list[dict], list[dict]]:
-    """``(rows, dp_rows)`` of one pendulum preset: a row per learner, a reference row per distilled teacher."""
+                 distill_config: DistillConfig, episodes: int, quiet: bool,
+                 value_config: ValueDistillConfig | None = None) -> tuple[list[dict], list[dict]]:
+    """``(rows, dp_rows)`` of one pendulum preset: a row per learner, two reference rows per teacher discount (the
+    MSE student ``distilled_dp_g*`` and, unless ``value_config`` is ``None``, the value-based one ``value_dp_g*``).
+    The learners' ``distilled`` (R_dist) is the better of the two on the protocol; ``reference`` names it."""
     system = resolve_physics(physics)
     discounts = sorted({1.0} | {float(r["discount"]) for r in learners if r["discount"] is not None})
     say = (lambda text: None) if quiet else (lambda text: tqdm.write(f"{physics}: {text}"))
@@ -348,29 +498,47 @@ def pendulum_gap(physics: str, learners: list[dict[str, Any]], grid: int, coarse
                 "seconds": d.seconds} for d in (rough, main)]
     error = {"optimum": abs(main.optimum - rough.optimum),
              **{g: abs(main.discounted[g] - rough.discounted[g]) for g in discounts}}
-    distilled: dict[float, Distilled] = {}
+    best: dict[float, tuple[float, float, str]] = {}  # g -> (R_dist, its action MAE, which student)
     rows = []
     for g in discounts:
         say(f"distilling the DP policy at discount {g}")
-        distilled[g] = distill(system, observation_teacher(system, main.policies[g]), distill_config, episodes, quiet)
-        rows.append({"experiment": "reference", "physics": physics, "algo": f"distilled_dp_g{g:g}", "n_seeds": 1,
-                     "grid": f"{grid}x{grid}",
-                     "discount": g, "role": "reference", "learner_return": distilled[g].returns[-1],
-                     "learner_median": math.nan, "optimum": main.optimum, "stationary": main.stationary,
-                     "discounted": main.discounted[g], "distilled": distilled[g].returns[-1],
-                     "distill_mae": distilled[g].mae, "distill_rounds": " ".join(f"{r:.2f}" for r in
-                                                                                   distilled[g].returns),
-                     "seconds": distilled[g].seconds})
+        mse = distill(system, observation_teacher(system, main.policies[g]), distill_config, episodes, quiet)
+        common = {"experiment": "reference", "physics": physics, "n_seeds": 1, "grid": f"{grid}x{grid}",
+                  "discount": g, "role": "reference", "learner_median": math.nan, "optimum": main.optimum,
+                  "stationary": main.stationary, "discounted": main.discounted[g]}
+        rows.append({**common, "algo": f"distilled_dp_g{g:g}", "learner_return": mse.returns[-1],
+                     "distilled": mse.returns[-1], "distill_mae": mse.mae, "reference": "mse",
+                     "distill_rounds": " ".join(f"{r:.2f}" for r in mse.returns), "seconds": mse.seconds})
+        best[g] = (mse.returns[-1], mse.mae, "mse")
+        if value_config is None:
+            continue
+        say(f"value-based student at discount {g} (K in {list(value_config.horizons)})")
+        valued = value_distill(system, dp_value(main.policies[g]), g, mse.policy, value_config, episodes, quiet,
+                               warm_return=mse.returns[-1])
+        with torch.no_grad():  # its action error against the teacher on the MSE student's aggregated states
+            obs = system.observe(visited_states(system, observation_teacher(system, main.policies[g]),
+                                                distill_config.starts, torch.Generator().manual_seed(30_011)))
+            mae = float(((valued.policy(obs) - main.policies[g](obs)).abs() / float(system.max_action)).mean())
+        rows.append({**common, "algo": f"value_dp_g{g:g}", "learner_return": valued.returns[-1],
+                     "distilled": valued.returns[-1], "distill_mae": mae, "reference": f"value_K{valued.horizon}",
+                     "value_horizon": valued.horizon,
+                     "value_by_horizon": " ".join(f"K{k}:{r[-1]:.2f}" for k, r in valued.by_horizon.items()),
+                     "distill_rounds": " ".join(f"{r:.2f}" for r in valued.returns), "seconds": valued.seconds})
+        if valued.returns[-1] > best[g][0]:
+            best[g] = (valued.returns[-1], mae, f"value_K{valued.horizon}")
+    for g in discounts:  # the winner of each discount, named on its reference row
+        for row in rows:
+            if row["discount"] == g:
+                row["reference_used"] = best[g][2]
     for learner in learners:
         g = 1.0 if learner["discount"] is None else float(learner["discount"])
-        parts = decompose(main.optimum, main.stationary, main.discounted[g], distilled[g].returns[-1],
-                          learner["learner_return"])
+        distilled, mae, which = best[g]
+        parts = decompose(main.optimum, main.stationary, main.discounted[g], distilled, learner["learner_return"])
         errors = {"stationarity": error["optimum"] + error[1.0], "objective": error[1.0] + error[g],
                   "representation": error[g], "optimisation": 0.0}
         rows.append({**learner, "role": "learner", "grid": f"{grid}x{grid}", "optimum": main.optimum,
-                     "stationary": main.stationary,
-                     "discounted": main.discounted[g], "distilled": distilled[g].returns[-1],
-                     "distill_mae": distilled[g].mae, **parts,
+                     "stationary": main.stationary, "discounted": main.discounted[g], "distilled": distilled,
+                     "distill_mae": mae, "reference": which, **parts,
                      **{f"{name}_dp_error": errors[name] for name in PARTS},
                      "within_dp_error": " ".join(n for n in PARTS if abs(parts[n]) <= errors[n] and errors[n] > 0)})
     return rows, dp_rows
@@ -388,19 +556,21 @@ def system_gap(name: str, learners: list[dict[str, Any]], optimal_dir: Path, dis
              "discount": math.nan, "role": "reference", "learner_return": distilled.returns[-1],
              "learner_median": math.nan, "optimum": optimum, "stationary": stationary, "discounted": math.nan,
              "distilled": distilled.returns[-1], "distill_mae": distilled.mae,
-             "distill_rounds": " ".join(f"{r:.2f}" for r in distilled.returns), "seconds": distilled.seconds}]
+             "distill_rounds": " ".join(f"{r:.2f}" for r in distilled.returns), "seconds": distilled.seconds,
+             "reference": "mse", "reference_used": "mse"}]
     for learner in learners:
         parts = decompose(optimum, stationary, None, distilled.returns[-1], learner["learner_return"])
         rows.append({**learner, "role": "learner", "optimum": optimum, "stationary": stationary,
                      "discounted": math.nan, "distilled": distilled.returns[-1], "distill_mae": distilled.mae,
-                     **parts, "within_dp_error": ""})
+                     "reference": "mse", **parts, "within_dp_error": ""})
     return rows
 
 
 # ---------------------------------------------------------------------------------------------------- output
 COLUMNS = ("experiment", "physics", "algo", "role", "grid", "n_seeds", "discount", "learner_return", "learner_median",
            "optimum", "stationary", "discounted", "distilled", "gap", *PARTS, *(f"{p}_dp_error" for p in PARTS),
-           "within_dp_error", "distill_mae", "distill_rounds", "seconds")
+           "within_dp_error", "distill_mae", "distill_rounds", "reference", "reference_used", "value_horizon",
+           "value_by_horizon", "seconds")
 
 
 def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -435,6 +605,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=DistillConfig.rounds)
     parser.add_argument("--steps", type=int, default=DistillConfig.steps)
     parser.add_argument("--starts", type=int, default=DistillConfig.starts)
+    parser.add_argument("--value-horizons", type=int, nargs="*", default=list(ValueDistillConfig.horizons),
+                        help="K of the value-based student's rollouts (none: MSE student only)")
+    parser.add_argument("--value-rounds", type=int, default=ValueDistillConfig.rounds)
+    parser.add_argument("--value-steps", type=int, default=ValueDistillConfig.steps)
+    parser.add_argument("--value-starts", type=int, default=ValueDistillConfig.starts)
     parser.add_argument("--episodes", type=int, default=EVAL_EPISODES)
     parser.add_argument("--out", type=Path, default=Path("results/gap"))
     parser.add_argument("--threads", type=int, default=1)
@@ -451,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--physics: unknown {unknown}; expected pendulum presets {list(PRESETS)} or {systems}")
     learners = [row for exp in args.experiments for row in learner_rows(exp)]
     config = DistillConfig(rounds=args.rounds, steps=args.steps, starts=args.starts)
+    value_config = (ValueDistillConfig(tuple(args.value_horizons), args.value_rounds, args.value_starts,
+                                       args.value_steps) if args.value_horizons else None)
     start = time.perf_counter()
     rows, dp_rows = [], []
     progress = tqdm(selected, desc="gap", disable=args.quiet, unit="physics")
@@ -459,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mine = [r for r in learners if r["physics"] == physics]
         if physics in PRESETS:
             new, new_dp = pendulum_gap(physics, mine, args.grid, args.coarse_grid, args.actions, config,
-                                       args.episodes, args.quiet)
+                                       args.episodes, args.quiet, value_config)
             dp_rows += new_dp
         else:
             new = system_gap(physics, mine, args.optimal, config, args.episodes, args.quiet)
@@ -482,6 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "research/analysis/trajopt.py", "research/evaluation.py", "research/policies.py")]
     invocation = {"physics": selected, "argv": list(sys.argv[1:] if argv is None else argv), "grid": args.grid,
                   "coarse_grid": args.coarse_grid, "actions": args.actions, "distill": dataclasses.asdict(config),
+                  "value_distill": None if value_config is None else dataclasses.asdict(value_config),
                   "episodes": args.episodes,
                   **code_state(paths), "versions": library_versions(), "device": device_description("cpu"),
                   "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
