@@ -130,6 +130,23 @@ def report(root: Path) -> str:
            "(trajopt is local, not an optimum).", ""]
     if has_figure:
         out += ["![the parts per learner](figures/gap.png)", ""]
+    winners = []
+    for r in rows:
+        if r["role"] == "reference" and (r.get("reference") or "mse") == "mse":
+            value = next((v for v in rows if v["role"] == "reference" and v["physics"] == r["physics"]
+                          and v["discount"] == r["discount"] and (v.get("reference") or "").startswith("value")), None)
+            winners.append([r["physics"], fmt(r["discount"], 3), fmt(r["discounted"]), fmt(r["distilled"]),
+                            fmt(value["distilled"]) if value else
+                            ("n/d (no DP value)" if num(r["discounted"]) != num(r["discounted"]) else "not run"),
+                            value.get("value_horizon") or "" if value else "",
+                            r.get("reference_used") or "mse"])
+    if winners:
+        out += ["## Which student is R_dist", "",
+                "Per physics and teacher discount: the teacher (the DP's stationary greedy policy at that discount), the "
+                "MSE student, the value-based student (K kept) and the one R_dist is taken from (`not run`: rows of an "
+                "invocation without the value-based student, see Provenance).", ""]
+        out += markdown_table(["physics", "discount", "teacher", "MSE student", "value student", "K", "R_dist from"],
+                              winners) + [""]
     for physics in dict.fromkeys(r["physics"] for r in rows):
         mine = [r for r in rows if r["physics"] == physics]
         first = mine[0]
