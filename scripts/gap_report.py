@@ -20,7 +20,9 @@ PARTS = ("stationarity", "objective", "representation", "optimisation")
 #: What a physics' R* is, where it is not the optimum of that physics.
 NOTES = {"randomized": "R* here is the nominal parameters' DP played without knowing each episode's draw "
                        "(results/optimal: an achievable policy, not an optimum for the randomised episodes); a learner "
-                       "can beat it, and the parts then carry that sign.",
+                       "can beat it, and the parts then carry that sign. So can the value-based student: it "
+                       "trains in the randomised physics (a fresh draw per rollout) against the nominal DP's value, "
+                       "and where it beats its teacher the representation part is negative.",
          "noisy": "R* is the DP of the expected return (Gauss-Hermite over the torque noise), scored on the fixed "
                   "noise draws."}
 COLOURS = {"stationarity": "#4c72b0", "objective": "#dd8452", "representation": "#55a868", "optimisation": "#c44e52"}
