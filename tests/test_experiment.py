@@ -283,7 +283,7 @@ def test_unknown_experiment_lists_the_available_ones(tmp_path):
 
 
 @pytest.mark.parametrize("text, match", [
-    ('[experiment]\nalgos = ["bptt", "nope"]\n[bptt]\n', r"unknown algorithm 'nope'.*valid: \['bptt', 'bptt_finetune', 'ddpg'"),
+    ('[experiment]\nalgos = ["bptt", "nope"]\n[bptt]\n', r"unknown algorithm 'nope'.*valid: \['bptt', 'bptt_blend', 'bptt_finetune', 'ddpg'"),
     ('[bptt_x]\nalgo = "nope"\n', r"\[bptt_x\].algo must be one of \['bptt'"),
     ('[bptt_x]\nalgo = "bptt"\nlrr = 1.0\n', "unknown config key 'bptt.lrr'"),
     ("[experiment]\nseeds = [0]\n", "no algorithm to run"),
