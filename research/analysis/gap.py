@@ -610,6 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--value-rounds", type=int, default=ValueDistillConfig.rounds)
     parser.add_argument("--value-steps", type=int, default=ValueDistillConfig.steps)
     parser.add_argument("--value-starts", type=int, default=ValueDistillConfig.starts)
+    parser.add_argument("--student-sizes", type=int, nargs="+", default=list(DistillConfig.hidden_sizes),
+                        help="hidden layers of both students (default: the learners' 64 64; a capacity probe: 256 256)")
     parser.add_argument("--episodes", type=int, default=EVAL_EPISODES)
     parser.add_argument("--out", type=Path, default=Path("results/gap"))
     parser.add_argument("--threads", type=int, default=1)
@@ -625,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--physics: unknown {unknown}; expected pendulum presets {list(PRESETS)} or {systems}")
     learners = [row for exp in args.experiments for row in learner_rows(exp)]
-    config = DistillConfig(rounds=args.rounds, steps=args.steps, starts=args.starts)
+    config = DistillConfig(rounds=args.rounds, steps=args.steps, starts=args.starts,
+                           hidden_sizes=tuple(args.student_sizes))
     value_config = (ValueDistillConfig(tuple(args.value_horizons), args.value_rounds, args.value_starts,
                                        args.value_steps) if args.value_horizons else None)
     start = time.perf_counter()
