@@ -6,7 +6,7 @@
 The ``[experiment]`` table names the seeds and algorithms (default: every algorithm table in the file); each run
 writes ``<results>/<experiment>/<algo>/seed_<k>/`` (see :mod:`research.runs`). With ``physics = [...]`` (preset
 names) every algorithm and seed also runs on every preset, into ``<results>/<experiment>/<physics>/<algo>/seed_<k>/``. A table whose name is not an algorithm but which
-holds ``algo = "<algorithm>"`` is a *variant*: ``[bptt_squash]`` with ``algo = "bptt"`` and ``squash_penalty = 1e-3``
+holds ``algo = "<algorithm>"`` is a *variant*, named ``<algorithm>_<suffix>``: ``[bptt_squash]`` with ``algo = "bptt"`` and ``squash_penalty = 1e-3``
 runs BPTT with that setting under the name ``bptt_squash`` (its own run directories, ``--set bptt_squash.*`` and rows in
 the reports), beside plain ``[bptt]``. Resume rules, checked for every run
 before anything starts (nothing is ever deleted: a run that is replaced is moved aside, into
@@ -171,6 +171,9 @@ def experiment_tables(path: Path, data: dict[str, Any]) -> dict[str, tuple[str, 
                               f"variant table with {VARIANT_KEY} = \"<one of those>\"")
         if algo not in ALGOS:
             raise ConfigError(f"{path}: [{key}].{VARIANT_KEY} must be one of {list(ALGOS)}, got {algo!r}")
+        if not key.startswith(f"{algo}_"):  # the name says what runs (and gives the statistics its family)
+            raise ConfigError(f"{path}: variant [{key}] of {algo!r} must be named '{algo}_<suffix>', e.g. "
+                              f"[{algo}_{key}]")
         tables[key] = (algo, {k: v for k, v in table.items() if k != VARIANT_KEY})
     return tables
 

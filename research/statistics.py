@@ -27,8 +27,6 @@ from types import ModuleType
 
 import numpy as np
 
-BACKPROP = ("bptt", "bptt_finetune", "shac")
-"""Methods that follow gradients through the simulator; with every name starting ``bptt_`` (:func:`is_backprop`)."""
 BOOTSTRAP_REPS = 2_000
 """Bootstrap resamples per interval (rliable's default for its performance profiles). The arch bootstrap behind
 rliable calls the statistic once per resample in Python; tests lower this to keep their cost small."""
@@ -45,15 +43,27 @@ GAP_FACTOR = 2.0
 """Time to 'within twice the best method's final gap': the target is ``1 - GAP_FACTOR (1 - best score)``."""
 
 
-def is_backprop(algo: str) -> bool:
-    """Whether ``algo`` backpropagates through the simulator (:data:`BACKPROP`, or a name starting ``bptt_``); every
-    other method counts as model-free."""
-    return algo in BACKPROP or algo.startswith("bptt_")
+OTHER = "other"
+"""The family of a name the algorithm registry does not know (a hand-made run directory, a synthetic test table)."""
 
 
 def family(algo: str) -> str:
-    """``"backprop"`` or ``"model-free"`` (:func:`is_backprop`)."""
-    return "backprop" if is_backprop(algo) else "model-free"
+    """``"backprop"`` or ``"model-free"``: the family the algorithm registry gives ``algo`` (or the algorithm a
+    variant such as ``bptt_squash`` is named after; :func:`research.algos.family`); :data:`OTHER` for a name it does
+    not know."""
+    from research.algos import family as registry_family
+
+    try:
+        return registry_family(algo)
+    except ValueError:
+        return OTHER
+
+
+def is_backprop(algo: str) -> bool:
+    """Whether ``algo`` backpropagates through the simulator (its registry family, :func:`family`)."""
+    from research.algos import BACKPROP
+
+    return family(algo) == BACKPROP
 
 
 def interquartile_mean(values: np.ndarray, axis: int | None = -1) -> np.ndarray:

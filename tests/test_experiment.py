@@ -286,6 +286,7 @@ def test_unknown_experiment_lists_the_available_ones(tmp_path):
     ('[experiment]\nalgos = ["bptt", "nope"]\n[bptt]\n', r"unknown algorithm 'nope'.*valid: \['bptt', 'bptt_blend', 'bptt_finetune', 'ddpg'"),
     ('[bptt_x]\nalgo = "nope"\n', r"\[bptt_x\].algo must be one of \['bptt'"),
     ('[bptt_x]\nalgo = "bptt"\nlrr = 1.0\n', "unknown config key 'bptt.lrr'"),
+    ('[fast]\nalgo = "bptt"\n', r"variant \[fast\] of 'bptt' must be named 'bptt_<suffix>', e.g. \[bptt_fast\]"),
     ("[experiment]\nseeds = [0]\n", "no algorithm to run"),
     ("[bptt]\n[bptt_typo]\n", r"unknown table \[bptt_typo\]"),
     ("[experiment]\nseeds = [1, 1]\n[bptt]\n", "distinct seeds"),

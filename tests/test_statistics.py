@@ -7,6 +7,7 @@ import pytest
 from scipy.stats import binomtest
 
 from research import statistics as st
+from research.algos import family
 
 REPS = 100  # rliable's bootstrap is a Python loop per resample
 
@@ -79,7 +80,12 @@ def test_performance_profile_matches_rliable_and_its_band_holds_it():
 
 def test_families_gap_target_and_missing_rliable(monkeypatch):
     assert st.is_backprop("bptt") and st.is_backprop("shac") and st.is_backprop("bptt_blend")
+    assert st.is_backprop("ahac") and st.is_backprop("bptt_squash") and st.is_backprop("shac_nosquash")
     assert not st.is_backprop("ddpg") and not st.is_backprop("ppo") and st.family("td3") == "model-free"
+    assert st.family("ptd3") == "model-free" and st.family("td3_fast") == "model-free"  # ptd3's, td3's variant
+    assert st.family("nope") == st.OTHER and not st.is_backprop("nope")  # a name the registry does not know
+    with pytest.raises(ValueError, match="no algorithm family for 'nope'"):
+        family("nope")
     assert st.gap_target_score(0.99) == pytest.approx(0.98) and st.gap_target_score(1.02) == 1.0
     monkeypatch.setitem(sys.modules, "rliable", None)
     with pytest.raises(ImportError, match=r"pip install -e \.\[stats\]"):
