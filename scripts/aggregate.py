@@ -4,8 +4,8 @@
     python scripts/aggregate.py results/pendulum_compare [--threshold -200]
 
 Per algorithm and physics preset (one preset unless the experiment has a physics axis), over seeds: the mean and interquartile mean of the final evaluation return (each run's
-``summary.json`` ``eval.return_mean``) with 95% percentile-bootstrap confidence intervals (10,000 resamples of the
-seeds, fixed RNG seed), the median and standard deviation, the mean success rate, mean total env steps and
+``summary.json`` ``eval.return_mean``) with 95% stratified-bootstrap confidence intervals (rliable's, through
+``research.statistics``; ``BOOTSTRAP_REPS`` resamples of the seeds, fixed RNG seed), the median and standard deviation, the mean success rate, mean total env steps and
 wall-clock, and the median env steps and wall-clock at which a run's evaluation mean first reached the threshold
 (over the seeds that reached it; ``seeds_reaching_threshold`` counts them; empty if none did).
 
@@ -143,7 +143,7 @@ def system_references(optimal_dir: Path) -> Optima:
         from research.systems import get_system
 
         system = get_system(data["system"], data.get("physics", "default"))
-        zero = evaluate_policy(lambda obs: torch.zeros(*obs.shape[:-1], system.action_dim), physics=system)
+        zero = evaluate_policy(lambda obs, dim=system.action_dim: torch.zeros(*obs.shape[:-1], dim), physics=system)
         key = data["system"] if data.get("physics", "default") == "default" else f"{data['system']}-{data['physics']}"
         out[key] = (float(reference["return_mean"]), float(zero["return_mean"]))
     return out

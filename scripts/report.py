@@ -299,7 +299,8 @@ def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs:
         "",
         "Final return: each run's last evaluation (deterministic policy, 200-step undiscounted return averaged over the "
         "fixed evaluation states); then, over seeds, the mean and the interquartile mean (IQM, mean of the middle 50% of "
-        "seeds) with 95% percentile-bootstrap confidence intervals (10,000 resamples of the seeds). Success rate: share "
+        f"seeds) with 95% stratified-bootstrap confidence intervals (rliable's, {BOOTSTRAP_REPS:,} resamples of the seeds, "
+        "fixed RNG seed). Success rate: share "
         "of evaluation episodes that end upright, averaged over seeds. Env steps and wall-clock: totals per run, averaged "
         f"over seeds. To {threshold}: the median over the seeds that got there (count in brackets) of the env steps and "
         "seconds at the first evaluation whose mean return reached it. Wall-clock is training time: seconds since the run "
