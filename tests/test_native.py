@@ -87,9 +87,9 @@ def test_rollout_rewards_and_every_gradient_agree_with_autograd(activation):
     _check_rollout_and_gradients(activation, (16, 16, 16))
 
 
-# widths that are not multiples of 16 take the kernels' other code paths: plain loops instead of 16-lane vector
-# groups (8, 24, 100), a scalar reduction for the output layer (8, 24), and in the backward the weight gradient of
-# a narrow input into a 16-multiple (24 -> 16), a 16-multiple input into a narrow layer (16 -> 8)
+# widths that are not multiples of the vector width (16 with AVX-512, 8 with AVX) take the kernels' other code paths:
+# plain loops instead of vector groups (8, 24, 100 at 16 lanes), a scalar reduction for the output layer, and in the
+# backward the weight gradient of a narrow input into a vector multiple (24 -> 16), the reverse (16 -> 8)
 ODD_WIDTHS = [(8, 8), (24, 24), (100, 24), (24, 16, 8)]
 
 
@@ -98,6 +98,29 @@ ODD_WIDTHS = [(8, 8), (24, 24), (100, 24), (24, 16, 8)]
 def test_odd_widths_agree_with_the_torch_loop(hidden, activation):
     _check_simulate(activation, hidden)
     _check_rollout_and_gradients(activation, hidden)
+
+
+@pytest.mark.parametrize("lanes", ["4", "8", "16"])
+def test_every_vector_width_agrees_with_the_torch_loop(monkeypatch, lanes):
+    """The kernels are generated for the CPU's vector width (16 floats with AVX-512, 8 with AVX, else 4): each
+    width compiles and agrees, whichever CPU runs the test (a wider vector than the CPU has is emulated)."""
+    monkeypatch.setenv("RESEARCH_NATIVE_LANES", lanes)
+    monkeypatch.setattr(native, "_LIBS", {})
+    assert native.vector_lanes() == int(lanes)
+    _check_simulate("tanh", (32, 24))
+    _check_rollout_and_gradients("tanh", (32, 24))
+
+
+def test_the_lane_sum_is_a_halving_tree():
+    # at 16 lanes the same order as the kernels before the width became a parameter (results unchanged there)
+    assert native._lane_sum("a", 4) == "((a[0] + a[2]) + (a[1] + a[3]))"
+    assert native._lane_sum("a", 16).startswith("((((a[0] + a[8]) + (a[4] + a[12])) + ((a[2] + a[10])")
+
+
+def test_a_bad_lane_override_is_one_line(monkeypatch):
+    monkeypatch.setenv("RESEARCH_NATIVE_LANES", "6")
+    with pytest.raises(ValueError, match="RESEARCH_NATIVE_LANES must be 4, 8 or 16, got '6'"):
+        native.vector_lanes()
 
 
 class _Shifted(SquashedMLP):
