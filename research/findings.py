@@ -77,7 +77,7 @@ class Finding:
             return {SUBJECT: f"{s} ends better than {o} {scores}", OPPONENT: f"{s} ends worse than {o} {scores}",
                     TIE: f"{s} and {o} end level {scores}", UNDECIDED: f"{s} against {o}: no scores"}[self.verdict]
         if self.kind in SPEED_COLUMNS:
-            unit = "s" if self.kind.startswith("seconds") else " env steps"
+            unit = " s" if self.kind.startswith("seconds") else " env steps"
             times = f"(median {_time(n['subject_median'], unit)} against {_time(n['opponent_median'], unit)})"
             what = self.kind.replace(" to 0.99", "")
             return {SUBJECT: f"{s} reaches 0.99 sooner than {o} in {what} {times}",
@@ -91,11 +91,12 @@ class Finding:
     @property
     def test(self) -> str:
         """What decides the verdict, with its numbers."""
-        interval = f"[{self.low:.2f}, {self.high:.2f}]"
         if self.kind == "final score":
-            return f"P({self.subject} > {self.opponent}) = {self.statistic:.2f} {interval}, against 0.5"
+            return (f"P({self.subject} > {self.opponent}) = {self.statistic:.2f} [{self.low:.2f}, {self.high:.2f}], "
+                    "against 0.5")
         if self.kind in SPEED_COLUMNS:
-            return f"median ratio {self.opponent} / {self.subject} = {_ratio(self.statistic)} {interval}, against 1"
+            return (f"median ratio {self.opponent} / {self.subject} = {_ratio(self.statistic)} "
+                    f"[{_ratio(self.low)}, {_ratio(self.high)}], against 1")
         return f"failure rate {self.statistic:.0%} [{self.low:.0%}, {self.high:.0%}] (Clopper-Pearson)"
 
 

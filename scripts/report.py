@@ -29,6 +29,7 @@ from aggregate import CSV_FILES, csv_texts, load_optima, optimal_summary_path
 from plot import FIGURES, STAT_FIGURES, ZOO_DDPG_RETURN
 from study import study_section
 
+from research.findings import answer, render, study_findings
 from research.statistics import BOOTSTRAP_REPS
 
 
@@ -284,6 +285,29 @@ def regenerate_command(exp_dir: Path) -> str:
     return f"make experiment EXP={exp_dir.name}{extra}"
 
 
+def findings_section(per_run: list[dict]) -> list[str]:
+    """The findings of :mod:`research.findings` on this experiment's runs (``[]`` when no task has both families):
+    the two-sentence answer, the headline findings (each task's best backpropagation method against its best
+    model-free one) and, folded, every backpropagation method's."""
+    findings = study_findings(per_run)
+    if not any(f.kind == "final score" for f in findings):
+        return []
+    head = [f for f in findings if f.best]
+    rest = [f for f in findings if not f.best]
+    lines = ["## Findings", "", *(f"- {sentence}" for sentence in answer(findings)), "",
+             "Each task's best backpropagation method against its best model-free method (both by the IQM of the "
+             "final normalized score over seeds), decided by the test in the third column (`research/findings.py`): "
+             "a probability of improvement whose 95% stratified-bootstrap interval lies above or below 0.5; a ratio "
+             "of median times to a normalized score of 0.99 (a seed that never got there counts as never) whose 95% "
+             "bootstrap interval lies above or below 1; otherwise `tie` (`undecided`: neither got there on most "
+             "seeds). Failures: seeds below a normalized score of 0.9, with the Clopper-Pearson interval.", "",
+             *render(head), ""]
+    if rest:
+        lines += [f"<details><summary>Every other backpropagation method against the same opponent ({len(rest)} "
+                  "findings)</summary>", "", *render(rest), "", "</details>", ""]
+    return lines
+
+
 def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs: list[Run],
                   overall: list[dict] | None = None) -> str:
     manifest = load_manifest(exp_dir) or {}
@@ -310,6 +334,7 @@ def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs:
     ]
     lines += optimum_note(summary)
     lines += statistics_section(summary, overall or [], exp_dir)
+    lines += findings_section(per_run)
     lines += study_section(exp_dir, summary, per_run)
     figures = [(name, xlabel) for name, xlabel, _ in FIGURES.values() if (exp_dir / "figures" / name).is_file()]
     for name, xlabel in figures:

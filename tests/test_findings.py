@@ -93,7 +93,7 @@ def test_never_reaching_counts_as_never_in_the_median():
             _runs("weak", "td3", [0.995, 0.98, 0.97], seconds=[30, None, None]))
     seconds = _pick(study_findings(rows), "seconds to 0.99")
     assert math.isinf(seconds.statistic) and seconds.verdict == SUBJECT
-    assert "against never" in seconds.claim
+    assert "against never" in seconds.claim and "= inf [" in seconds.test
     # neither reaches: undecided, never a verdict
     rows = _runs("weak", "bptt", [0.9] * 3, seconds=[None] * 3) + _runs("weak", "td3", [0.9] * 3, seconds=[None] * 3)
     assert _pick(study_findings(rows), "seconds to 0.99").verdict == UNDECIDED

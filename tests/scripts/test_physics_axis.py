@@ -107,3 +107,14 @@ def test_difference_interval_is_that_of_the_two_means(scripts):
     same = scripts.study.difference_ci(np.array([5.0, 5.0]), np.array([5.0, 5.0]))
     assert same == (0.0, 0.0, 0.0)
     assert math.isnan(scripts.study._float(""))
+
+
+def test_the_findings_section_answers_from_the_runs(scripts, tmp_path):
+    exp = synthetic_study(tmp_path)
+    assert scripts.aggregate.main([str(exp)]) == 0 and scripts.report.main([str(exp)]) == 0
+    section = (exp / "REPORT.md").read_text().split("## Findings")[1].split("\n## ")[0]
+    # weak: every bptt seed ends above every ddpg seed; default: overlapping seeds (a tie at 3 seeds)
+    assert "better final normalized score on 1 (`weak`) of 2 tasks, the worse on 0 and level on 1 (`default`)" in section
+    rows = [line for line in section.splitlines() if line.startswith("| `weak` |")]
+    assert any("`bptt` ends better than `ddpg`" in line and line.endswith("| `bptt` |") for line in rows)
+    assert any("`ddpg` fails 3 of 3 seeds" in line for line in rows)
