@@ -62,9 +62,10 @@ numbers are reproducible on CPU unless ``wall_time_s`` cuts it (the harness stop
 seconds are measured, never reproducible.
 
 Output. When a search finishes, ``experiments/tuned/<stem>.toml`` (``<stem>-<task>.toml`` with several tasks) is
-written: an experiment file with an ``[experiment]`` table (``report_seeds``, the task) and one ``[<algo>]`` table per
-finished search, the fixed table with the best trial's parameters, headed by comments naming the search that produced
-each. The budget cut (iterations, ``total_env_steps``) is left out of the tables (a comment gives it): the experiment
+written: an experiment file with an ``[experiment]`` table (``report_seeds``, the task) and, per finished search, the
+method's recipe row ``[<algo>]`` (its trainer's defaults; ``recipe_rows = false`` leaves it out) and its tuned row
+``[<algo>_tuned]`` (a variant of the same trainer: the fixed table with the best trial's parameters), headed by
+comments naming the search that produced each. The budget cut (iterations, ``total_env_steps``) is left out of the tables (a comment gives it): the experiment
 that uses them sets its own budget.
 """
 
@@ -157,6 +158,9 @@ class TuneConfig:
     """Policy MLP of every method (the fixed architecture); empty: each algorithm's own default."""
     critic_hidden_sizes: list[int] = field(default_factory=list)
     """Critic MLP of every method that has one; empty: each algorithm's own default."""
+    recipe_rows: bool = True
+    """Whether the written experiment file also runs each method's recipe (its trainer's defaults, the ``[<algo>]``
+    table) beside the tuned settings (``[<algo>_tuned]``, a variant of the same trainer): the race's two rows."""
     eval_episodes: int = EVAL_EPISODES
     """Evaluation episodes (start states) of each run's evaluations."""
     eval_seed: int = 2_000_003
@@ -606,6 +610,7 @@ def tuned_path(plan: TunePlan, task: str) -> Path:
 def write_tuned(plan: TunePlan, task: str, records: Mapping[str, dict[str, Any]]) -> Path | None:
     """The experiment file of ``task`` from the finished searches' records (``{algo: record}``)."""
     from research.config import _toml_value
+    from research.experiment import VARIANT_KEY
 
     done = {algo: r for algo, r in records.items() if r["best"] is not None
             and r["trials_finished"] >= r["trials_planned"]}
@@ -620,18 +625,27 @@ def write_tuned(plan: TunePlan, task: str, records: Mapping[str, dict[str, Any]]
              "# The budget cut of tuning (iterations, total_env_steps) is left out: set the race's own budget.",
              "", "[experiment]",
              f"description = {_toml_value(f'Tuned by {plan.path} on {task}: ' + ', '.join(done))}",
-             f"seeds = {_toml_value(settings.report_seeds)}", f"physics = {_toml_value([task])}"]
+             f"seeds = {_toml_value(settings.report_seeds)}", f"physics = {_toml_value([task])}",
+             f"algos = {_toml_value([n for a in done for n in ([a] if settings.recipe_rows else []) + [tuned_name(a)]])}"]
     for algo, record in done.items():
         best = record["best"]
         cut = next((t["budget"] for t in record["trials"] if t["number"] == best["number"]), None)
+        if settings.recipe_rows:
+            lines += ["", f"# {algo}'s recipe: its trainer's defaults (`python -m research.train --algo {algo} "
+                      "--show-config`)", f"[{algo}]"]
         lines += ["", f"# {record['search']}: {search_dir_of(plan, task, algo) / SEARCH}, best trial "
                   f"{best['number']} of {record['trials_finished']}, {settings.objective} eval return "
                   f"{best['value']:.2f}; tuned at " + ", ".join(f"{k} = {v}" for k, v in (cut or {}).items())]
-        lines += _toml_table(algo, best["table"])
+        lines += _toml_table(tuned_name(algo), {VARIANT_KEY: algo, **best["table"]})
     path = tuned_path(plan, task)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
+
+
+def tuned_name(algo: str) -> str:
+    """The label of ``algo``'s tuned row in the written experiment file: a variant of its trainer."""
+    return f"{algo}_tuned"
 
 
 def search_dir_of(plan: TunePlan, task: str, algo: str) -> Path:

@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("optuna")
 
 from research.algos import ALGOS, get_algo  # noqa: E402
+from research.algos.bptt import BPTTConfig  # noqa: E402
 from research.config import ConfigError, config_hash, from_dict  # noqa: E402
 from research.evaluation import EVAL_NOISE_SEED, EVAL_PARAMS_SEED, EVAL_SEED  # noqa: E402
 from research.experiment import load_experiment  # noqa: E402
@@ -129,11 +130,16 @@ def test_written_experiment_file_runs_the_best_settings(search, tmp_path):
     text = path.read_text()
     assert "tiny/default/bptt" in text and "search.json" in text  # names the search that produced it
     data = tomllib.loads(text)
-    assert data["bptt"] == {"horizon": 16, "hidden_sizes": [16, 16], **record["best"]["params"]}
+    # the race's two rows: the recipe (the trainer's defaults) and the tuned settings, a variant of the same trainer
+    assert data["experiment"]["algos"] == ["bptt", "bptt_tuned"] and data["bptt"] == {}
+    assert data["bptt_tuned"] == {"algo": "bptt", "horizon": 16, "hidden_sizes": [16, 16], **record["best"]["params"]}
     plan = load_experiment(path, tmp_path)
     assert sorted({run.seed for run in plan.runs}) == [0, 1, 2]
-    assert plan.runs[0].config.lr == record["best"]["params"]["lr"]
-    assert plan.runs[0].config.eval.seed == EVAL_SEED  # reported runs are scored on the reported states
+    tuned = [run for run in plan.runs if run.label == "bptt_tuned"]
+    recipe = [run for run in plan.runs if run.label == ""]
+    assert len(tuned) == len(recipe) == 3 and all(run.algo == "bptt" for run in plan.runs)
+    assert tuned[0].config.lr == record["best"]["params"]["lr"] and recipe[0].config.lr == BPTTConfig().lr
+    assert tuned[0].config.eval.seed == EVAL_SEED  # reported runs are scored on the reported states
 
 
 @pytest.mark.parametrize("algo", ["ddpg", "td3", "sac", "shac", "ppo", "ptd3"])
