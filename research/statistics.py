@@ -151,6 +151,23 @@ def mean_interval(scores: np.ndarray, level: float = LEVEL, reps: int | None = N
     return float(point[0]), float(low[0]), float(high[0])
 
 
+def mean_difference_interval(x: np.ndarray, y: np.ndarray, level: float = LEVEL, reps: int | None = None,
+                             seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
+    """``(mean(x) - mean(y), low, high)`` of two methods' runs on one task (``[runs_x]``, ``[runs_y]``) with the
+    stratified-independent bootstrap interval (each method's runs resampled on their own, rliable's); NaN without
+    runs."""
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    if not x.size or not y.size or np.isnan(x).any() or np.isnan(y).any():
+        return math.nan, math.nan, math.nan
+    library = rliable()
+    with _seeded(seed):
+        _, intervals = library.get_interval_estimates(
+            {"xy": [x[:, None], y[:, None]]}, lambda a, b: np.array([a.mean() - b.mean()]),
+            reps=reps or BOOTSTRAP_REPS, confidence_interval_size=level)
+    low, high = np.asarray(intervals["xy"], dtype=float).ravel()
+    return float(x.mean() - y.mean()), float(low), float(high)
+
+
 def improvement_probability(x: np.ndarray, y: np.ndarray) -> float:
     """``P(X > Y) + P(X = Y) / 2`` of a run of ``x [runs_x, tasks]`` against one of ``y [runs_y, tasks]``, averaged
     over tasks: rliable's ``metrics.probability_of_improvement`` (its Mann-Whitney U statistic over

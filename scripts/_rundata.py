@@ -20,13 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from research.rundir import CONFIG, EVAL_RETURN, MANIFEST, METRICS, RUN_DIR_PATTERNS, SUMMARY, is_superseded
-from research.statistics import interquartile_mean, stratified_interval
+from research.statistics import BOOTSTRAP_SEED, interquartile_mean, stratified_interval
 
 THRESHOLD = -200.0
 """Evaluation return counted as 'solved enough' for the time-to-threshold columns (Tianshou's solved mark is -250)."""
-BOOTSTRAP_RESAMPLES = 10_000
-"""Resamples of ``scripts/study.py``'s difference-of-means interval (:func:`bootstrap_ci` uses rliable's count)."""
-BOOTSTRAP_SEED = 0
 
 
 @dataclass

@@ -5,12 +5,13 @@
 when it exists, from the gradient study of the same presets (``<results>/<GRADIENTS>/gradient_study.csv``, written
 by ``make experiment EXP=when_gradients``).
 
-The comparison is between two families: backpropagation through the simulator (:data:`BACKPROP`) and model-free RL
-(:data:`MODEL_FREE`). On each preset the better method of each family (by mean final return over seeds) is compared:
-the difference of their mean final returns with a 95% percentile-bootstrap interval (each method's seeds resampled
-independently, 10,000 times, fixed RNG seed), and the training seconds and env steps each needed to reach a
-normalized score of 0.9. Picking the better of two methods per family slightly favours the family with more
-methods; both families here have the same count when TD3 and SAC are not run.
+The comparison is between two families, as the algorithm registry gives them (:func:`research.statistics.family`:
+backpropagation through the simulator or model-free RL; variants such as ``bptt_squash`` by their trainer). On each
+preset the better method of each family (by mean final return over seeds) is compared: the difference of their mean
+final returns with a 95% stratified-bootstrap interval (rliable's, each method's seeds resampled independently,
+:func:`research.statistics.mean_difference_interval`), and the training seconds and env steps each needed to reach a
+normalized score of 0.9. Picking the better of several methods per family slightly favours the family with more
+methods. The physics axes are those of the presets (:data:`research.envs.presets.AXES`).
 """
 
 from __future__ import annotations
@@ -21,25 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from _rundata import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
-BACKPROP = ("bptt", "bptt_finetune", "shac")
-"""Methods that follow gradients through the simulator."""
-MODEL_FREE = ("ddpg", "td3", "sac")
-"""Methods that learn from sampled transitions only."""
+from research.algos import BACKPROP, MODEL_FREE
+from research.envs.presets import AXES
+from research.statistics import family, mean_difference_interval
+
 GRADIENTS = "when_gradients"
 """The gradient study of the presets, beside the experiment: ``<results>/when_gradients/gradient_study.csv``."""
-#: Each axis of the study: the presets that vary along it and the reference preset they are compared with.
-AXES = (
-    ("smoothness", ("coulomb", "coulomb_smooth"), "default",
-     "dry friction with an exact sign (zero gradient at rest, a jump in the force) against its tanh surrogate"),
-    ("contact", ("wall", "wall_soft"), "default",
-     "a hard wall with restitution (a reflection) against a stiff penalty spring"),
-    ("noise", ("noisy",), "default", "Gaussian torque noise, std 0.5 per step"),
-    ("horizon", ("weak", "damped"), "default",
-     "half the torque (several pumps, credit far back in time) and viscous damping (energy lost every swing)"),
-    ("model mismatch", ("randomized",), "default", "m and l drawn per episode within +-30%"),
-)
 TIE_MARGIN = 0.0
 """A difference whose 95% interval contains 0 (or lies within this many return units of it) is a tie."""
 
@@ -49,20 +38,20 @@ def _float(text: str | None) -> float:
 
 
 def difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """``(mean(a) - mean(b), low, high)``: the difference of two means over seeds with a percentile-bootstrap
-    interval, each group resampled independently (fixed RNG seed, so the report is reproducible)."""
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    samples_a = a[rng.integers(0, a.size, size=(BOOTSTRAP_RESAMPLES, a.size))].mean(axis=1)
-    samples_b = b[rng.integers(0, b.size, size=(BOOTSTRAP_RESAMPLES, b.size))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(samples_a - samples_b, [alpha, 1.0 - alpha])
-    return float(a.mean() - b.mean()), float(low), float(high)
+    """``(mean(a) - mean(b), low, high)``: the difference of two means over seeds with its stratified-bootstrap
+    interval (:func:`research.statistics.mean_difference_interval`; fixed RNG seed, so the report is reproducible)."""
+    return mean_difference_interval(a, b, level)
 
 
-def best_of(rows: list[dict], family: Sequence[str]) -> dict | None:
-    """The row of ``family`` with the best mean final return (``None``: the family did not run)."""
-    members = [row for row in rows if row["algo"] in family]
-    return max(members, key=lambda row: _float(row["final_return_mean"])) if members else None
+def members(rows: list[dict], of_family: str) -> list[str]:
+    """The method labels of ``rows`` in the registry family ``of_family``, in order of appearance."""
+    return [algo for algo in dict.fromkeys(row["algo"] for row in rows) if family(algo) == of_family]
+
+
+def best_of(rows: list[dict], of_family: str) -> dict | None:
+    """The row of the registry family ``of_family`` with the best mean final return (``None``: it did not run)."""
+    candidates = [row for row in rows if family(row["algo"]) == of_family]
+    return max(candidates, key=lambda row: _float(row["final_return_mean"])) if candidates else None
 
 
 def preset_verdicts(summary: list[dict], per_run: list[dict]) -> list[dict]:
@@ -281,14 +270,14 @@ def answer_lines(summary: list[dict], verdicts: list[dict]) -> list[str]:
              f"{names(groups['model-free'])}."]
     failures = []
     for row in summary:
-        if row["algo"] in BACKPROP and row["seeds_reaching_90"] not in ("", None):
+        if family(row["algo"]) == BACKPROP and row["seeds_reaching_90"] not in ("", None):
             reached, seeds = int(row["seeds_reaching_90"]), int(row["n_seeds"])
             if reached < seeds:
                 failures.append(f"`{row['algo']}` on `{row['physics']}` {reached}/{seeds} "
                                 f"(mean {float(row['final_return_mean']):.1f}, median "
                                 f"{float(row['final_return_median']):.1f})")
     if failures:
-        model_free = [row for row in summary if row["algo"] in MODEL_FREE]
+        model_free = [row for row in summary if family(row["algo"]) == MODEL_FREE]
         every = " Every model-free run did." if all(all_seeds_at_90(row) for row in model_free) else ""
         lines.append("- **Robustness.** Backprop methods whose seeds did not all reach 0.9: " + "; ".join(failures)
                      + "." + every)
@@ -301,10 +290,10 @@ def study_section(exp_dir: Path, summary: list[dict], per_run: list[dict]) -> li
     if not verdicts:
         return []
     lines = ["## When does backpropagation win?", "",
-             f"Backpropagation through the simulator ({', '.join(f'`{a}`' for a in BACKPROP)}) against model-free RL "
-             f"({', '.join(f'`{a}`' for a in MODEL_FREE)}): on each preset the better method of each family by mean "
+             f"Backpropagation through the simulator ({', '.join(f'`{a}`' for a in members(summary, BACKPROP))}) "
+             f"against model-free RL ({', '.join(f'`{a}`' for a in members(summary, MODEL_FREE))}): on each preset the better method of each family by mean "
              "final return. The difference is of mean final returns over seeds, with a 95% bootstrap interval (each "
-             "method's seeds resampled independently); `tie` when the interval contains 0. The last column divides "
+             "method's seeds resampled independently, rliable's stratified bootstrap); `tie` when the interval contains 0. The last column divides "
              "the model-free method's training seconds (and env steps) to a normalized score of 0.9 by the backprop "
              "method's (medians over the seeds that got there; above 1: backprop got there sooner; `n/a` when either "
              "never did).", ""]

@@ -3,7 +3,7 @@
 ``Physics`` is :class:`research.systems.pendulum.Pendulum`: a pendulum variant is a system instance.
 """
 
-from research.systems.pendulum import PRESETS, get_physics
+from research.systems.pendulum import AXES, PRESETS, get_physics
 from research.systems.pendulum import Pendulum as Physics
 
-__all__ = ["PRESETS", "Physics", "get_physics"]
+__all__ = ["AXES", "PRESETS", "Physics", "get_physics"]

@@ -671,6 +671,18 @@ PRESETS: dict[str, Pendulum] = {
 }
 
 
+#: The axes the presets vary along, each against default physics: ``(axis, presets, reference, what varies)``. The
+#: study (``scripts/study.py``) reads its axes from here, so a new preset joins an axis where it is defined.
+AXES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("smoothness", ("coulomb", "coulomb_smooth"), "default",
+     "dry friction with an exact sign (zero gradient at rest, a jump in the force) against its tanh surrogate"),
+    ("contact", ("wall", "wall_soft"), "default",
+     "a hard wall with restitution (a reflection) against a stiff penalty spring"),
+    ("noise", ("noisy",), "default", "Gaussian torque noise, std 0.5 per step"),
+    ("horizon", ("weak", "damped"), "default",
+     "half the torque (several pumps, credit far back in time) and viscous damping (energy lost every swing)"),
+    ("model mismatch", ("randomized",), "default", "m and l drawn per episode within +-30%"),
+)
 
 Pendulum.PRESETS = PRESETS
 
