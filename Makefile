@@ -6,6 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,distributed,plots,stats,tune
 EXP ?= pendulum_compare
 TUNE ?= tune_pendulum
+RACE ?= tune_race
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BACKEND ?= local
 DEVICE ?= cpu
@@ -17,7 +18,7 @@ OPTIMAL_SYSTEMS ?= cartpole acrobot
 REPORT_STEPS = $(if $(shell grep -qs '^\[gradient_study\]' experiments/$(EXP).toml && echo study),gradient-report,aggregate plot maps report)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint experiment tune runs aggregate plot maps report render gradient-report optimal optimal-systems gap bench gpu-check clean
+.PHONY: help install test test-fast lint experiment tune race runs aggregate plot maps report render gradient-report optimal optimal-systems gap bench gpu-check clean
 
 help: ## list every target with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +42,10 @@ experiment: ## run experiments/$(EXP).toml (JOBS, BACKEND=local|ray, DEVICE), th
 
 tune: ## equal-budget Optuna search of experiments/$(TUNE).toml -> results/tune/$(TUNE)/, experiments/tuned/$(TUNE).toml
 	$(PYTHON) -m research.tune experiments/$(TUNE).toml --jobs $(JOBS) --backend $(BACKEND) --device $(DEVICE) --results $(RESULTS)
+
+race: ## the fair race: experiments/tuned/$(RACE).toml (written by make tune TUNE=$(RACE)): recipe and tuned rows -> results/$(RACE)/
+	$(PYTHON) -m research.experiment experiments/tuned/$(RACE).toml --jobs $(JOBS) --backend $(BACKEND) --device $(DEVICE) --results $(RESULTS)
+	$(MAKE) --no-print-directory aggregate plot maps report EXP=$(RACE) RESULTS=$(RESULTS)
 
 aggregate: ## results/$(EXP)/summary.csv from the run directories
 	$(PYTHON) scripts/aggregate.py $(RESULTS)/$(EXP)

@@ -155,6 +155,36 @@ VARIANT_KEY = "algo"
 """The key of a variant table naming the registered algorithm it runs."""
 
 
+BY_PHYSICS_KEY = "by_physics"
+"""The sub-table of an algorithm or variant table holding per-physics settings: ``[ddpg_tuned.by_physics.cartpole]``
+applies on the ``cartpole`` entry of ``experiment.physics`` only (a tuned row whose settings differ by task)."""
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, nested tables merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def physics_table(path: Path, name: str, table: dict[str, Any], physics: str | None,
+                  entries: Sequence[str]) -> dict[str, Any]:
+    """The table of ``name`` as it runs on the ``physics`` entry: its :data:`BY_PHYSICS_KEY` sub-table for that entry
+    merged over the rest. A sub-table naming an entry that ``experiment.physics`` lacks is a one-line error."""
+    per = table.get(BY_PHYSICS_KEY)
+    if per is None:
+        return table
+    if not isinstance(per, dict) or not entries:
+        raise ConfigError(f"{path}: [{name}.{BY_PHYSICS_KEY}] needs experiment.physics and one table per entry, "
+                          f"e.g. [{name}.{BY_PHYSICS_KEY}.default]")
+    unknown = sorted(set(per) - set(entries))
+    if unknown:
+        raise ConfigError(f"{path}: [{name}.{BY_PHYSICS_KEY}.{unknown[0]}] is not in experiment.physics {list(entries)}")
+    base = {k: v for k, v in table.items() if k != BY_PHYSICS_KEY}
+    return _merged(base, per.get(physics, {}))
+
+
 def experiment_tables(path: Path, data: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
     """``{table name: (registered algorithm, table without the variant key)}`` for every algorithm and variant table
     of an experiment file; any other table (but ``[experiment]``) raises a one-line :class:`ConfigError`."""
@@ -232,6 +262,7 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
     for physics in settings.physics or [None]:
         for name in algos:
             algo, table = tables.get(name, (name, {}))
+            table = physics_table(path, name, table, physics, settings.physics)
             clash = sorted({"physics", "system"} & set(table.get("env", {}))) if physics else []
             if clash:
                 raise ConfigError(f"{path}: [{name}.env] sets {clash[0]} while experiment.physics crosses presets and "

@@ -61,11 +61,11 @@ one killed and resumed ask the same parameters, and so do two invocations with t
 numbers are reproducible on CPU unless ``wall_time_s`` cuts it (the harness stops on the clock), and the trial
 seconds are measured, never reproducible.
 
-Output. When a search finishes, ``experiments/tuned/<stem>.toml`` (``<stem>-<task>.toml`` with several tasks) is
-written: an experiment file with an ``[experiment]`` table (``report_seeds``, the task) and, per finished search, the
-method's recipe row ``[<algo>]`` (its trainer's defaults; ``recipe_rows = false`` leaves it out) and its tuned row
-``[<algo>_tuned]`` (a variant of the same trainer: the fixed table with the best trial's parameters), headed by
-comments naming the search that produced each. The budget cut (iterations, ``total_env_steps``) is left out of the tables (a comment gives it): the experiment
+Output. When a search finishes, ``experiments/tuned/<stem>.toml`` is (re)written: an experiment file with an
+``[experiment]`` table (``report_seeds``, the tasks as its physics axis) and, per method whose searches have finished
+on every task, its recipe row ``[<algo>]`` (its trainer's defaults; ``recipe_rows = false`` leaves it out) and its
+tuned row ``[<algo>_tuned]`` (a variant of the same trainer: the best trial's parameters, the settings that differ by
+task in ``[<algo>_tuned.by_physics.<task>]``), headed by comments naming the search that produced each. The budget cut (iterations, ``total_env_steps``) is left out of the tables (a comment gives it): the experiment
 that uses them sets its own budget.
 """
 
@@ -601,43 +601,62 @@ def write_record(plan: TunePlan, search: Search, study: Any, batch: int) -> dict
     return record
 
 
-def tuned_path(plan: TunePlan, task: str) -> Path:
-    """``<tuned_dir>/<stem>.toml``, or ``<stem>-<task>.toml`` when the file tunes several tasks."""
-    suffix = "" if len(plan.settings.tasks) == 1 else f"-{physics_entry(task)[2]}"
-    return plan.tuned_dir / f"{plan.name}{suffix}.toml"
+def tuned_path(plan: TunePlan) -> Path:
+    """``<tuned_dir>/<stem>.toml``: the experiment file of the tuning file ``<stem>``, every task in one."""
+    return plan.tuned_dir / f"{plan.name}.toml"
 
 
-def write_tuned(plan: TunePlan, task: str, records: Mapping[str, dict[str, Any]]) -> Path | None:
-    """The experiment file of ``task`` from the finished searches' records (``{algo: record}``)."""
+def write_tuned(plan: TunePlan, records: Mapping[str, Mapping[str, dict[str, Any]]]) -> Path | None:
+    """The experiment file of the finished searches (``records``: ``{task: {algo: record}}``): per method whose
+    searches have finished on every task, its recipe row ``[<algo>]`` and its tuned row ``[<algo>_tuned]``, the best
+    table of each task's search; with several tasks a ``[<algo>_tuned.by_physics.<task>]`` table per task (what
+    differs by task), the tuned settings common to every task in ``[<algo>_tuned]`` itself."""
     from research.config import _toml_value
-    from research.experiment import VARIANT_KEY
+    from research.experiment import BY_PHYSICS_KEY, VARIANT_KEY
 
-    done = {algo: r for algo, r in records.items() if r["best"] is not None
-            and r["trials_finished"] >= r["trials_planned"]}
-    if not done:
-        return None
     settings = plan.settings
+    tasks = list(settings.tasks)
+
+    def finished(task: str, algo: str) -> dict[str, Any] | None:
+        record = records.get(task, {}).get(algo)
+        ok = record is not None and record["best"] is not None and record["trials_finished"] >= record["trials_planned"]
+        return record if ok else None
+
+    algos = [a for a in dict.fromkeys(s.algo for s in plan.searches) if all(finished(t, a) for t in tasks)]
+    if not algos:
+        return None
     lines = [f"# Written by research.tune from {plan.path} on {datetime.date.today()}: rerun `make tune "
              f"TUNE={plan.name}` to regenerate; edits are overwritten.",
-             f"# Task {task!r}; each table is the best trial of the search named above it ({settings.trials} trials, "
+             f"# Each tuned table is the best trial of the search named above it ({settings.trials} trials, "
              f"{settings.env_steps} env steps and {settings.wall_time_s:g} s per run, tuning seeds {settings.seeds}, "
              f"evaluation seeds {settings.eval_seeds}, objective: {settings.objective} final eval return).",
-             "# The budget cut of tuning (iterations, total_env_steps) is left out: set the race's own budget.",
+             "# The budget cut of tuning (iterations, total_env_steps) is left out: the rows run at their trainer's "
+             "budget unless a table sets one.",
              "", "[experiment]",
-             f"description = {_toml_value(f'Tuned by {plan.path} on {task}: ' + ', '.join(done))}",
-             f"seeds = {_toml_value(settings.report_seeds)}", f"physics = {_toml_value([task])}",
-             f"algos = {_toml_value([n for a in done for n in ([a] if settings.recipe_rows else []) + [tuned_name(a)]])}"]
-    for algo, record in done.items():
-        best = record["best"]
-        cut = next((t["budget"] for t in record["trials"] if t["number"] == best["number"]), None)
+             f"description = {_toml_value(f'Tuned by {plan.path} on ' + ', '.join(tasks) + ': ' + ', '.join(algos))}",
+             f"seeds = {_toml_value(settings.report_seeds)}", f"physics = {_toml_value(tasks)}",
+             f"algos = {_toml_value([n for a in algos for n in ([a] if settings.recipe_rows else []) + [tuned_name(a)]])}"]
+    for algo in algos:
         if settings.recipe_rows:
             lines += ["", f"# {algo}'s recipe: its trainer's defaults (`python -m research.train --algo {algo} "
                       "--show-config`)", f"[{algo}]"]
-        lines += ["", f"# {record['search']}: {search_dir_of(plan, task, algo) / SEARCH}, best trial "
-                  f"{best['number']} of {record['trials_finished']}, {settings.objective} eval return "
-                  f"{best['value']:.2f}; tuned at " + ", ".join(f"{k} = {v}" for k, v in (cut or {}).items())]
-        lines += _toml_table(tuned_name(algo), {VARIANT_KEY: algo, **best["table"]})
-    path = tuned_path(plan, task)
+        comments, tables = [], {}
+        for task in tasks:
+            record = finished(task, algo)
+            best = record["best"]
+            cut = next((t["budget"] for t in record["trials"] if t["number"] == best["number"]), None)
+            comments.append(f"# {record['search']}: {search_dir_of(plan, task, algo) / SEARCH}, best trial "
+                            f"{best['number']} of {record['trials_finished']}, {settings.objective} eval return "
+                            f"{best['value']:.2f}; tuned at " + ", ".join(f"{k} = {v}" for k, v in (cut or {}).items()))
+            tables[task] = best["table"]
+        common = {k: v for k, v in tables[tasks[0]].items() if all(t.get(k, object()) == v for t in tables.values())}
+        table: dict[str, Any] = {VARIANT_KEY: algo, **common}
+        if len(tasks) > 1:
+            per_task = {task: {k: v for k, v in t.items() if k not in common} for task, t in tables.items()}
+            if any(per_task.values()):
+                table[BY_PHYSICS_KEY] = {task: rest for task, rest in per_task.items() if rest}
+        lines += ["", *comments, *_toml_table(tuned_name(algo), table)]
+    path = tuned_path(plan)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
@@ -865,8 +884,11 @@ def run_tune(path: str | Path, results: str | Path = "results", jobs: int | None
     records: dict[str, dict[str, Any]] = {}
     for search in plan.searches:
         records[search.name] = run_search(plan, search, jobs, backend, cpus_per_run, gpus_per_run, quiet)
-        task_records = {s.algo: records[s.name] for s in plan.searches if s.task == search.task and s.name in records}
-        written = write_tuned(plan, search.task, task_records)
+        by_task: dict[str, dict[str, Any]] = {}
+        for done in plan.searches:
+            if done.name in records:
+                by_task.setdefault(done.task, {})[done.algo] = records[done.name]
+        written = write_tuned(plan, by_task)
         if written is not None:
             log.info("%s: best %s eval return %s (trial %s); wrote %s", search.name, plan.settings.objective,
                      (records[search.name]["best"] or {}).get("value"),

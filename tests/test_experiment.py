@@ -365,6 +365,27 @@ def test_variant_tables_run_an_algorithm_under_their_own_name(tmp_path):
     assert [run.algo for run in load_runs(tmp_path / "res" / "variants")] == ["bptt", "bptt_slow"]
 
 
+def test_by_physics_tables_set_one_row_per_task(tmp_path):
+    path = tmp_path / "race.toml"
+    path.write_text('[experiment]\nphysics = ["default", "weak", "cartpole"]\n'
+                    "[bptt]\nlr = 0.01\n[bptt.eval]\nepisodes = 20\n"
+                    '[bptt_tuned]\nalgo = "bptt"\nlr = 0.02\n[bptt_tuned.eval]\nepisodes = 20\n'
+                    "[bptt_tuned.by_physics.weak]\nlr = 0.003\n[bptt_tuned.by_physics.weak.eval]\nepisodes = 30\n"
+                    "[bptt_tuned.by_physics.cartpole]\nwindow = 16\n")
+    runs = {(run.physics, run.label or run.algo): run.config for run in load_experiment(path, tmp_path).runs}
+    assert runs["default", "bptt_tuned"].lr == 0.02 and runs["default", "bptt_tuned"].window == 0
+    assert (runs["weak", "bptt_tuned"].lr, runs["weak", "bptt_tuned"].eval.episodes) == (0.003, 30)
+    assert runs["weak", "bptt_tuned"].env.physics == "weak"  # the axis still sets the physics
+    assert (runs["cartpole", "bptt_tuned"].window, runs["cartpole", "bptt_tuned"].lr) == (16, 0.02)
+    assert all(runs[p, "bptt"].lr == 0.01 for p in ("default", "weak", "cartpole"))
+    path.write_text('[experiment]\nphysics = ["default"]\n[bptt]\n[bptt.by_physics.wall]\nlr = 0.1\n')
+    with pytest.raises(ConfigError, match=r"\[bptt.by_physics.wall\] is not in experiment.physics \['default'\]"):
+        load_experiment(path, tmp_path)
+    path.write_text("[bptt]\n[bptt.by_physics.wall]\nlr = 0.1\n")
+    with pytest.raises(ConfigError, match=r"\[bptt.by_physics\] needs experiment.physics"):
+        load_experiment(path, tmp_path)
+
+
 def test_dry_run_lists_runs(finished_smoke, capsys):
     assert main([str(SMOKE), "--results", str(finished_smoke[0]), "--dry-run"]) == 0
     assert "bptt/seed_0" in capsys.readouterr().out

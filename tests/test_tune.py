@@ -28,6 +28,7 @@ from research.tune import (  # noqa: E402
     load_tune,
     objective_value,
     run_tune,
+    write_tuned,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +141,31 @@ def test_written_experiment_file_runs_the_best_settings(search, tmp_path):
     assert len(tuned) == len(recipe) == 3 and all(run.algo == "bptt" for run in plan.runs)
     assert tuned[0].config.lr == record["best"]["params"]["lr"] and recipe[0].config.lr == BPTTConfig().lr
     assert tuned[0].config.eval.seed == EVAL_SEED  # reported runs are scored on the reported states
+
+
+def test_several_tasks_write_one_race_file_with_per_task_tables(tmp_path):
+    """Two tasks: one file, the settings every task shares in [bptt_tuned], the rest per task; a method whose
+    search has not finished on every task is left out (its tuned row would run untuned elsewhere)."""
+    path = tmp_path / "race.toml"
+    path.write_text(TINY.format(trials=2).replace("hidden_sizes = [16, 16]", 'tasks = ["default", "weak"]\n'
+                                                  "hidden_sizes = [16, 16]"))
+    plan = load_tune(path, tmp_path / "results", tuned_dir=tmp_path / "tuned")
+
+    def record(task, lr, finished=2):
+        table = {"horizon": 16, "hidden_sizes": [16, 16], "lr": lr, "num_envs": 16}
+        return {"search": f"race/{task}/bptt", "best": {"number": 1, "value": -150.0, "table": table},
+                "trials_finished": finished, "trials_planned": 2, "trials": [{"number": 1, "budget": {"iterations": 4}}]}
+
+    assert write_tuned(plan, {"default": {"bptt": record("default", 0.01)},
+                              "weak": {"bptt": record("weak", 0.002, finished=1)}}) is None
+    written = write_tuned(plan, {"default": {"bptt": record("default", 0.01)}, "weak": {"bptt": record("weak", 0.002)}})
+    data = tomllib.loads(written.read_text())
+    assert data["experiment"]["physics"] == ["default", "weak"] and data["experiment"]["algos"] == ["bptt", "bptt_tuned"]
+    assert data["bptt_tuned"] == {"algo": "bptt", "horizon": 16, "hidden_sizes": [16, 16], "num_envs": 16,
+                                  "by_physics": {"default": {"lr": 0.01}, "weak": {"lr": 0.002}}}
+    runs = {(run.physics, run.label or run.algo): run.config for run in load_experiment(written, tmp_path).runs}
+    assert runs["weak", "bptt_tuned"].lr == 0.002 and runs["default", "bptt_tuned"].lr == 0.01
+    assert runs["weak", "bptt"].lr == BPTTConfig().lr and runs["weak", "bptt_tuned"].env.physics == "weak"
 
 
 @pytest.mark.parametrize("algo", ["ddpg", "td3", "sac", "shac", "ppo", "ptd3"])
