@@ -235,7 +235,10 @@ def _source(widths: list[int], activation: str, lanes: int) -> str:
            _PRELUDE]
 
     def policy(save: bool) -> list[str]:
-        """The policy on the block's rows: h0 (observation) -> h{layers} (the squashed action)."""
+        """The policy on the block's rows: h0 (observation) -> h{layers} (the squashed action); the differentiable
+        forward (``save``) adds the pre-squash action noise ``pre_noise [B, H]`` where it is given."""
+        noise = ("""
+      if (pre_noise) for (int r = 0; r < n; r++) out[r] += pre_noise[(size_t)(r0 + r) * H + t];""" if save else "")
         code = []
         for i in range(layers):
             k_in, n_out = widths[i], widths[i + 1]
@@ -251,7 +254,7 @@ def _source(widths: list[int], activation: str, lanes: int) -> str:
         #pragma GCC unroll 16
         for (int v = 0; v < {k_in // lanes}; v++) a += *(const vfu*)(h{i}[r] + {lanes} * v) * *(const vfu*)(WT{i} + {lanes} * v);
         out[r] = b{i}[0] + {_lane_sum("a", lanes)};
-      }}
+      }}{noise}
       #pragma omp simd
       for (int r = 0; r < R; r++) h{layers}[r][0] = scale * tanh_approx(out[r]);""")
             else:
@@ -260,7 +263,7 @@ def _source(widths: list[int], activation: str, lanes: int) -> str:
         #pragma omp simd reduction(+:acc)
         for (int k = 0; k < {k_in}; k++) acc += h{i}[r][k] * WT{i}[k];
         out[r] = acc;
-      }}
+      }}{noise}
       #pragma omp simd
       for (int r = 0; r < R; r++) h{layers}[r][0] = scale * tanh_approx(out[r]);""")
         if save:
@@ -314,7 +317,8 @@ def _source(widths: list[int], activation: str, lanes: int) -> str:
     out += body(save=False)
     out.append("}")
     saves = ", ".join(f"float* restrict S{i}" for i in range(layers + 1))
-    out.append(f"void forward({head}, float* rewards, float* returns, float* th_out, float* thdot_out, "
+    out.append(f"void forward({head}, const float* pre_noise, float* rewards, float* returns, float* th_out, "
+               "float* thdot_out, "
                f"float* restrict TH, {saves}) {{")
     out.append("  float rew[R];")
     out += body(save=True)
@@ -580,25 +584,28 @@ def native_simulate(policy: nn.Module, th: Tensor, thdot: Tensor, constants: Ste
 
 class _NativeRollout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, layers, constants, horizon, th, thdot, *params):
+    def forward(ctx, layers, constants, horizon, pre_noise, th, thdot, *params):
         lib, widths = _lib_for(layers)
         n = th.numel()
         th, thdot = th.detach().contiguous(), thdot.detach().contiguous()
+        pre_noise = None if pre_noise is None else pre_noise.detach().reshape(n, horizon).contiguous()
         consts, weights = _per_row(constants, n, th), _weights(layers)
         rewards = torch.empty(n, horizon)
         returns, th_out, thdot_out = torch.empty(n), torch.empty(n), torch.empty(n)
         th_saved = torch.empty(horizon, n)
         saved = [torch.empty(horizon, n, w) for w in widths]
         lib.forward(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(layers.scale),
-                    *map(_ptr, weights), _ptr(rewards), _ptr(returns), _ptr(th_out), _ptr(thdot_out),
-                    _ptr(th_saved), *map(_ptr, saved))
+                    *map(_ptr, weights), None if pre_noise is None else _ptr(pre_noise), _ptr(rewards),
+                    _ptr(returns), _ptr(th_out), _ptr(thdot_out), _ptr(th_saved), *map(_ptr, saved))
         ctx.lib, ctx.widths, ctx.horizon, ctx.scale = lib, widths, horizon, layers.scale
         ctx.inputs = (th, thdot, consts, weights, th_saved, saved)
-        return rewards, th_out, thdot_out
+        observations = saved[0].transpose(0, 1)  # [N, H, 3], the states the policy saw
+        ctx.mark_non_differentiable(observations)
+        return rewards, th_out, thdot_out, observations
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_rewards, grad_th, grad_thdot):
+    def backward(ctx, grad_rewards, grad_th, grad_thdot, _grad_observations):
         th, thdot, consts, weights, th_saved, saved = ctx.inputs
         n, horizon, widths = th.numel(), ctx.horizon, ctx.widths
         grad_rewards = torch.zeros(n, horizon) if grad_rewards is None else grad_rewards.contiguous()
@@ -609,13 +616,16 @@ class _NativeRollout(torch.autograd.Function):
         ctx.lib.backward(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(ctx.scale),
                          *map(_ptr, weights), _ptr(th_saved), *map(_ptr, saved), _ptr(grad_rewards),
                          _ptr(grad_th), _ptr(grad_thdot), *map(_ptr, grads), _ptr(grad_th0), _ptr(grad_thdot0))
-        return (None, None, None, grad_th0, grad_thdot0, *grads)
+        return (None, None, None, None, grad_th0, grad_thdot0, *grads)
 
 
-def native_rollout(policy: nn.Module, th: Tensor, thdot: Tensor, constants: StepConstants,
-                   horizon: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(rewards [N, H], th [N], thdot [N])`` of a differentiable rollout from ``th, thdot [N]``: gradients reach
-    the policy's parameters and the start state (check :func:`supported` first)."""
+def native_rollout(policy: nn.Module, th: Tensor, thdot: Tensor, constants: StepConstants, horizon: int,
+                   pre_noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(rewards [N, H], th [N], thdot [N], observations [N, H, 3])`` of a differentiable rollout from
+    ``th, thdot [N]``: gradients reach the policy's parameters and the start state (check :func:`supported` first);
+    ``observations`` (what the policy saw at each step) carry none. ``pre_noise [N, H]`` (or ``[N, H, 1]``), when
+    given, is added to the policy's output before its squash at each step (randomised smoothing; the gradient flows
+    through the mean: ``action = scale * tanh(z + pre_noise)``)."""
     layers = _described(policy)
     params = [p for w, b in zip(layers.weights, layers.biases, strict=True) for p in (w, b)]
-    return _NativeRollout.apply(layers, constants, horizon, th, thdot, *params)
+    return _NativeRollout.apply(layers, constants, horizon, pre_noise, th, thdot, *params)

@@ -72,7 +72,7 @@ class Rollout(NamedTuple):
     """The result of :func:`fused_rollout`. ``B`` is the batch shape, ``H`` the horizon.
 
     ``observations``, ``actions``, ``next_observations`` and ``truncated`` are ``None`` unless the rollout was asked
-    to keep the trajectory.
+    to keep the trajectory (``observations`` alone, detached, with ``keep_observations``).
     """
 
     rewards: Tensor  # [*B, H]
@@ -147,6 +147,8 @@ def fused_rollout(
     noise_generator: torch.Generator | None = None,
     native: bool | None = None,
     cut_at_contact: str | None = None,
+    action_noise: float = 0.0,
+    keep_observations: bool = False,
 ) -> Rollout:
     """Rolls ``policy`` through ``system`` for ``horizon`` steps, differentiably.
 
@@ -179,6 +181,12 @@ def fused_rollout(
             detaches its ``next_observations`` row (no gradient path crosses the contact at all); ``"after"`` keeps
             ``next_observations`` differentiable through that one step (a value bootstrapped there sees it). Needs
             ``keep_trajectory``; not with ``compile``.
+        action_noise: std of Gaussian noise added to a squashed policy's output before its squash at every step,
+            ``max_torque * tanh(net(obs) + action_noise * eps)`` (randomised smoothing; the gradient flows through
+            the mean); ``eps [H, *B, action_dim]`` is drawn from ``generator`` after the physics noise. Needs a
+            :class:`~research.policies.SquashedMLP` and neither ``compile`` nor ``episode_length``; runs natively.
+        keep_observations: also return the observations the policy saw (``Rollout.observations``, detached),
+            without the rest of ``keep_trajectory``; runs natively.
 
     Returns:
         A :class:`Rollout`; ``rewards`` has shape ``[*B, H]``.
@@ -195,10 +203,20 @@ def fused_rollout(
     noise_generator = generator if noise_generator is None else noise_generator
     noise = rollout_noise(batch, horizon, features, x, noise, noise_generator, system)
     constants = None if compile else system.constants(params, features, like=x)  # (compiled chunks derive theirs)
+    if keep_observations and compile:
+        raise ValueError("keep_observations needs compile=False")
+    pre_noise = None
+    if action_noise:
+        if compile or episode_length is not None or not hasattr(policy, "net"):
+            raise ValueError("action_noise needs a squashed policy (an MLP then max_torque * tanh), compile=False and "
+                             "episode_length=None")
+        eps = torch.randn((horizon, *batch, system.action_dim), generator=generator, device=x.device, dtype=x.dtype)
+        pre_noise = action_noise * eps.movedim(0, -2)  # [*B, H, action_dim]
     plain = not compile and episode_length is None and not keep_trajectory
     if _native_case(system, policy, constants, x, native, plain):
-        rewards, *columns = native_module.native_rollout(policy, *x.unbind(-1), constants, horizon)
-        return Rollout(rewards, RolloutState(torch.stack(columns, dim=-1), step_count + horizon))
+        rewards, *columns, seen = native_module.native_rollout(policy, *x.unbind(-1), constants, horizon, pre_noise)
+        return Rollout(rewards, RolloutState(torch.stack(columns, dim=-1), step_count + horizon),
+                       observations=seen if keep_observations else None)
     if compile:
         if episode_length is not None:
             raise ValueError("compile=True rolls out without resets; use episode_length=None (or compile=False)")
@@ -206,7 +224,10 @@ def fused_rollout(
     rewards, observations, actions, next_observations, truncations, contacts = [], [], [], [], [], []
     for t in range(horizon):
         obs, aux = system.observe_for_step(x)
-        action = policy(obs)
+        if pre_noise is None:
+            action = policy(obs)
+        else:
+            action = policy.max_torque * torch.tanh(policy.net(obs) + pre_noise[..., t, :])
         if cut_at_contact is None:
             x, reward = system.step(x, action, constants, None if noise is None else noise[..., t, :], aux)
         else:
@@ -217,8 +238,9 @@ def fused_rollout(
         rewards.append(reward)
         if episode_length is not None:
             step_count = step_count + 1
+        if keep_trajectory or keep_observations:
+            observations.append(obs if keep_trajectory else obs.detach())
         if keep_trajectory:
-            observations.append(obs)
             actions.append(action)
             next_observations.append(system.observe(x) if cut_at_contact is None else next_obs)
         if episode_length is not None:
@@ -230,7 +252,8 @@ def fused_rollout(
                 truncations.append(done)
     final = RolloutState(x, step_count if episode_length is not None else step_count + horizon)
     if not keep_trajectory:
-        return Rollout(torch.stack(rewards, dim=-1), final)
+        return Rollout(torch.stack(rewards, dim=-1), final,
+                       observations=torch.stack(observations, dim=-2) if keep_observations else None)
     if not truncations:
         truncations = [torch.zeros(batch, dtype=torch.bool, device=x.device)] * horizon
     return Rollout(

@@ -100,6 +100,32 @@ def test_odd_widths_agree_with_the_torch_loop(hidden, activation):
     _check_rollout_and_gradients(activation, hidden)
 
 
+def test_action_noise_and_observations_agree_with_the_torch_loop():
+    """Randomised smoothing (pre-squash noise, drawn once for the rollout) and the observations the squash penalty
+    reads: the same rewards, observations and gradients natively as on the torch loop, from the same draws."""
+    policy, params, th, thdot = _case("tanh", (16, 16))
+
+    def run(use_native):
+        th0 = th.clone().requires_grad_()
+        out = fused_rollout(policy, initial_state(_x(th0, thdot)), params, 30, native=use_native, action_noise=0.3,
+                            keep_observations=True, generator=torch.Generator().manual_seed(3))
+        grads = torch.autograd.grad(out.rewards.sum(), [th0, *policy.parameters()])
+        return out, grads
+
+    (ours, ours_grads), (ref, ref_grads) = run(True), run(False)
+    torch.testing.assert_close(ours.rewards, ref.rewards, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ours.observations, ref.observations, rtol=1e-5, atol=1e-4)
+    assert ours.observations.shape == (BATCH, 30, 3) and not ours.observations.requires_grad
+    for got, want in zip(ours_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    # the noise is there: a different draw gives different rewards
+    other = fused_rollout(policy, initial_state(_x(th, thdot)), params, 30, action_noise=0.3,
+                          generator=torch.Generator().manual_seed(4))
+    assert not torch.allclose(other.rewards, ref.rewards)
+    with pytest.raises(ValueError, match="action_noise needs a squashed policy"):
+        fused_rollout(lambda obs: obs[..., :1], initial_state(_x(th, thdot)), params, 5, action_noise=0.3)
+
+
 @pytest.mark.parametrize("lanes", ["4", "8", "16"])
 def test_every_vector_width_agrees_with_the_torch_loop(monkeypatch, lanes):
     """The kernels are generated for the CPU's vector width (16 floats with AVX-512, 8 with AVX, else 4): each

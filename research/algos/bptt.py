@@ -19,8 +19,11 @@ are the best of the configurations tried on swing-up; ``experiments/bptt_*.toml`
 
 Randomised smoothing (Suh, Pang and Tedrake's bundled gradients; ``action_noise > 0``): the training rollouts add
 Gaussian noise before the tanh squash, as SHAC does (:func:`research.algos.shac.noisy_policy`), and the gradient flows
-through it (reparameterised), optionally ``noise_samples`` draws per start state. At the defaults (0, 1) the rollouts
-run the deterministic policy itself, as before, and the config hash leaves both fields out.
+through it (reparameterised), optionally ``noise_samples`` draws per start state. In full-horizon mode the noise of
+the whole rollout is drawn at once (``fused_rollout(action_noise=...)``, which the native C loop runs on Gymnasium's
+physics); truncated windows draw it step by step. At the defaults (0, 1) the rollouts run the deterministic policy
+itself, as before, and the config hash leaves both fields out. The squash penalty reads the rollout's observations
+(``keep_observations``, also native).
 
 ``squash_penalty > 0`` adds SHAC's squash penalty (:func:`research.algos.shac.squash_loss` on the rollout's states)
 to the loss: the ablation of the saturation trap, where a bang-bang policy's tanh gradients vanish. Every update logs
@@ -242,10 +245,11 @@ class BPTT(Checkpointable):
         if self.env is not None:
             return env_rollout_rewards(self.env, self.policy, state, self.params, config.horizon)
         samples = config.noise_samples
-        rollout = fused_rollout(self.behaviour, initial_state(repeat_rows(state, samples)),
+        # full horizon: the action noise is drawn for the whole rollout at once, which the native loop also runs
+        rollout = fused_rollout(self.policy, initial_state(repeat_rows(state, samples)),
                                 repeat_rows(self.params, samples), self.horizon, system=self.system,
                                 compile=config.compile, features=features, generator=run.generator,
-                                keep_trajectory=penalty)
+                                action_noise=config.action_noise, keep_observations=penalty)
         self.observations = rollout.observations
         return rollout.rewards
 
