@@ -51,6 +51,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import sys
 import time
@@ -80,7 +81,10 @@ from research.systems import SYSTEMS, System, get_system
 #: The parts, in the order of the chain R* -> R_stat -> R_g -> R_dist -> R_L.
 PARTS = ("stationarity", "objective", "representation", "optimisation")
 #: Experiment directories read by default (learners' committed results).
-DEFAULT_EXPERIMENTS = ("results/pendulum_compare", "results/when_study", "results/systems")
+DEFAULT_EXPERIMENTS = ("results/pendulum_compare", "results/when_study", "results/systems", "results/gap_learners",
+                       "results/gap_learners_shac")
+
+log = logging.getLogger(__name__)
 
 Teacher = Callable[[Tensor], Tensor]  # state [M, state_dim] -> action [M, action_dim]
 
@@ -444,6 +448,9 @@ def learner_rows(experiment: str | Path) -> list[dict[str, Any]]:
                 if found is not None:
                     discounts.setdefault((run.get("physics", "default"), run["algo"]), set()).add(found)
     rows = []
+    if not (root / "summary.csv").is_file():
+        log.warning("%s has no summary.csv (not run, or not aggregated yet): its learners are left out", root)
+        return rows
     with (root / "summary.csv").open(newline="") as handle:
         for row in csv.DictReader(handle):
             key = (row.get("physics") or "default", row["algo"])

@@ -103,6 +103,11 @@ def test_learner_rows_carry_each_runs_discount(tmp_path):
     assert rows["sac"]["learner_return"] == -150.0
 
 
+def test_an_experiment_not_run_yet_gives_no_learners_and_says_so(tmp_path, caplog):
+    assert learner_rows(tmp_path / "not_run") == []
+    assert "has no summary.csv" in caplog.text
+
+
 def test_bad_distill_config_names_the_field():
     with pytest.raises(ConfigError, match="distill.steps"):
         DistillConfig(steps=0)
