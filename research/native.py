@@ -16,8 +16,12 @@ AVX-512, 8 with AVX), compiles it once per shape with the system C compiler
 Scope: a policy that describes itself to the loop (:meth:`~research.policies.SquashedMLP.native_layers` returns a
 :class:`NativeLayers`: the C loop runs that description, never a guess from the policy's attributes) with ``tanh`` or
 ``relu`` hidden layers, float32 on CPU, and the
-physics of Gymnasium's Pendulum-v1 with per-pendulum ``g, m, l, dt, max_speed, max_torque`` (no damping, friction,
-noise or wall: :func:`supported` says whether a case qualifies; the callers fall back to the torch paths otherwise).
+physics of Gymnasium's Pendulum-v1 with per-pendulum ``g, m, l, dt, max_speed, max_torque`` and any of the pendulum's
+optional terms (damping, dry friction by sign or tanh, torque noise, a hard wall with restitution, a soft penalty
+wall; per-pendulum knobs, :func:`knob_names`), the code for each set of terms generated and compiled on its own, so
+Gymnasium's physics runs the same C as before the terms existed (:func:`supported` says whether a case qualifies;
+the callers fall back to the torch paths otherwise). At non-differentiable points the adjoint takes torch's
+subgradients (a clamp passes its bounds, a relu and a sign pass nothing at 0).
 ``tanh``, ``sin`` and ``cos`` are computed by range reduction and polynomials (within 2.5 and 1.5 float32 ulps of the
 exact values, vectorised), so results agree with the torch paths to float tolerance, not bit for bit (``tests/test_native.py``). ``RESEARCH_NATIVE=0`` turns it off; so
 does a machine without a working C compiler (a one-line warning, then the torch paths).
@@ -41,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from research.envs.physics import COST_SPEED, COST_TORQUE, GYMNASIUM_FEATURES, StepConstants
+from research.envs.physics import COST_SPEED, COST_TORQUE, GYMNASIUM_FEATURES, PhysicsFeatures, StepConstants
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +216,98 @@ def _weight_grad(i: int, k_in: int, n_out: int, lanes: int) -> str:
       }}"""
 
 
+def knob_names(features: PhysicsFeatures) -> tuple[str, ...]:
+    """The per-pendulum constants (fields of :class:`~research.envs.physics.StepConstants`) the C loop reads for the
+    optional physics terms of ``features``, in the order of its knob array ``K [len, B]``."""
+    names = []
+    if features.damping:
+        names.append("damping")
+    if features.friction:
+        names.append("friction")
+        if features.friction_smooth:
+            names.append("friction_width")
+            if features.friction_sign:
+                names.append("friction_smooth")
+    if features.noise:
+        names.append("torque_noise")
+    if features.hard_wall:
+        names += ["wall_high", "wall_low", "wall_restitution", "wall_rebound"]
+    if features.soft_wall:
+        names += ["soft_high", "soft_low", "wall_stiffness"]
+    return tuple(names)
+
+
+def _knob(features: PhysicsFeatures, name: str) -> str:
+    return f"kb[{knob_names(features).index(name)}][r]"
+
+
+def _friction_direction(features: PhysicsFeatures, speed: str) -> str:
+    """C for ``s(speed)``: the sign, ``tanh(speed / eps)``, or per row either (:func:`pendulum_step`'s)."""
+    sign = f"(float)(({speed} > 0.f) - ({speed} < 0.f))"
+    if not features.friction_smooth:
+        return sign
+    smooth = f"tanh_approx({speed} / {_knob(features, 'friction_width')})"
+    if not features.friction_sign:
+        return smooth
+    return f"({_knob(features, 'friction_smooth')} != 0.f ? {smooth} : {sign})"
+
+
+def _torque_terms(features: PhysicsFeatures, act: str, th: str, thd: str) -> list[str]:
+    """C lines computing ``tau`` (the net joint torque) from the raw action ``act``: the (noisy) clipped torque,
+    then damping, dry friction and the soft wall's penalty, in :func:`pendulum_step`'s order."""
+    k = lambda name: _knob(features, name)  # noqa: E731
+    lines = [f"float tau = clampf({act} + {k('torque_noise')} * XI[(size_t)(r0 + (r < n ? r : 0)) * H + t], -mt[r], "
+             "mt[r]);" if features.noise else "float tau = u;"]
+    if features.damping:
+        lines.append(f"tau = tau - {k('damping')} * {thd};")
+    if features.friction:
+        lines.append(f"tau = tau - {k('friction')} * {_friction_direction(features, thd)};")
+    if features.soft_wall:
+        lines.append(f"tau = tau + {k('wall_stiffness')} * (fmaxf({k('soft_low')} - {th}, 0.f) - "
+                     f"fmaxf({th} - {k('soft_high')}, 0.f));")
+    return lines
+
+
+def _step_source(features: PhysicsFeatures, layers: int) -> str:
+    """C of one step of the physics on the block's rows (forward), from the action ``h{layers}``."""
+    head = f"""      #pragma omp simd
+      for (int r = 0; r < R; r++) {{
+        const float u = clampf(h{layers}[r][0], -mt[r], mt[r]);
+        const float x = th[r] + (float)M_PI, two_pi = 2.f * (float)M_PI;
+        const float w = x - two_pi * floorf(x / two_pi) - (float)M_PI;
+        const float cost = (w * w + {_c_float(COST_SPEED)} * thd[r] * thd[r]) + {_c_float(COST_TORQUE)} * u * u;"""
+    if features == GYMNASIUM_FEATURES:  # Gymnasium's step, the code of the kernels before the optional terms
+        return head + """
+        const float v = thd[r] + (g[r] * s[r] + ii[r] * u) * d[r];
+        const float nv = clampf(v, -ms[r], ms[r]);
+        th[r] = th[r] + nv * d[r]; thd[r] = nv; ret[r] -= cost;
+        rew[r] = -cost;
+      }"""
+    k = lambda name: _knob(features, name)  # noqa: E731
+    lines = [*_torque_terms(features, f"h{layers}[r][0]", "th[r]", "thd[r]"),
+             "const float v = thd[r] + (g[r] * s[r] + ii[r] * tau) * d[r];",
+             "const float nv = clampf(v, -ms[r], ms[r]);"]
+    if features.hard_wall:
+        lines += ["float nth = th[r] + nv * d[r];",
+                  f"const float over = fmaxf(nth - {k('wall_high')}, 0.f), under = fmaxf({k('wall_low')} - nth, 0.f);",
+                  f"th[r] = nth + {k('wall_rebound')} * (under - over);",
+                  f"thd[r] = over + under > 0.f ? -{k('wall_restitution')} * nv : nv; ret[r] -= cost;"]
+    else:
+        lines.append("th[r] = th[r] + nv * d[r]; thd[r] = nv; ret[r] -= cost;")
+    lines.append("rew[r] = -cost;")
+    return head + "".join(f"\n        {line}" for line in lines) + "\n      }"
+
+
+def _knob_loads(features: PhysicsFeatures) -> list[str]:
+    """C declaring the block's knob rows ``kb[j][r]`` and loading them from ``K`` (nothing without optional terms)."""
+    count = len(knob_names(features))
+    if not count:
+        return []
+    return [f"    float kb[{count}][R];",
+            f"    for (int j = 0; j < {count}; j++) for (int r = 0; r < R; r++) "
+            "kb[j][r] = K[(size_t)j * B + r0 + (r < n ? r : 0)];"]
+
+
 def _lane_sum(name: str, lanes: int) -> str:
     """C for the sum of a ``lanes``-float vector by halving: lane ``j`` plus lane ``j + lanes / 2``, and again (at 16
     lanes: ``((a0 + a8) + (a4 + a12)) + ((a2 + a10) + (a6 + a14))`` plus the same from lane 1)."""
@@ -222,7 +318,7 @@ def _lane_sum(name: str, lanes: int) -> str:
     return terms[0]
 
 
-def _source(widths: list[int], activation: str, lanes: int) -> str:
+def _source(widths: list[int], activation: str, lanes: int, features: PhysicsFeatures = GYMNASIUM_FEATURES) -> str:
     """C source of both kernels for an MLP ``widths[0] -> ... -> widths[-1]`` (``widths[-1] == 1``), with
     ``lanes``-float vectors (16 where the CPU has AVX-512, 8 with AVX, else 4: :func:`vector_lanes`)."""
     layers = len(widths) - 1
@@ -231,6 +327,8 @@ def _source(widths: list[int], activation: str, lanes: int) -> str:
                             for i in range(layers))
     head = ("int B, int H, const float* th0, const float* thdot0, const float* gravity, const float* inv_inertia, "
             "const float* dt, const float* max_speed, const float* max_torque, float scale, " + weight_args)
+    if features != GYMNASIUM_FEATURES:  # the optional terms' per-pendulum constants K [knobs, B], torque noise XI [B, H]
+        head += ", const float* restrict K, const float* restrict XI"
     out = ["#include <math.h>", "#include <string.h>", f"#define R {ROW_BLOCK}", f"#define LANES {lanes}",
            _PRELUDE]
 
@@ -280,6 +378,7 @@ def _source(widths: list[int], activation: str, lanes: int) -> str:
         code += [f"    float h{i}[R][{w}];" for i, w in enumerate(widths)]
         code += [f"    float z{i}[R][{w}];" for i, w in enumerate(widths) if 0 < i < len(widths) - 1]
         code.append("    float out[R];")
+        code += _knob_loads(features)
         code.append("""    for (int r = 0; r < R; r++) {
       const int k = r0 + (r < n ? r : 0);
       th[r] = th0[k]; thd[r] = thdot0[k]; ret[r] = 0.f;
@@ -293,17 +392,7 @@ def _source(widths: list[int], activation: str, lanes: int) -> str:
         h0[r][0] = cs; h0[r][1] = s[r]; h0[r][2] = thd[r];
       }""")
         code += policy(save)
-        code.append(f"""      #pragma omp simd
-      for (int r = 0; r < R; r++) {{
-        const float u = clampf(h{layers}[r][0], -mt[r], mt[r]);
-        const float x = th[r] + (float)M_PI, two_pi = 2.f * (float)M_PI;
-        const float w = x - two_pi * floorf(x / two_pi) - (float)M_PI;
-        const float cost = (w * w + {_c_float(COST_SPEED)} * thd[r] * thd[r]) + {_c_float(COST_TORQUE)} * u * u;
-        const float v = thd[r] + (g[r] * s[r] + ii[r] * u) * d[r];
-        const float nv = clampf(v, -ms[r], ms[r]);
-        th[r] = th[r] + nv * d[r]; thd[r] = nv; ret[r] -= cost;
-        rew[r] = -cost;
-      }}""")
+        code.append(_step_source(features, layers))
         if save:
             code.append("      for (int r = 0; r < n; r++) rewards[(size_t)(r0 + r) * H + t] = rew[r];")
         code.append("    }")
@@ -323,11 +412,64 @@ def _source(widths: list[int], activation: str, lanes: int) -> str:
     out.append("  float rew[R];")
     out += body(save=True)
     out.append("}")
-    out.append(_backward_source(widths, activation, head, lanes))
+    out.append(_backward_source(widths, activation, head, lanes, features))
     return "\n".join(out)
 
 
-def _backward_source(widths: list[int], activation: str, head: str, lanes: int) -> str:
+def _step_adjoint_source(features: PhysicsFeatures, layers: int, obs_width: int) -> str:
+    """C of one step's adjoint with the optional terms of ``features`` (the same recursion as Gymnasium's step in
+    :func:`_backward_source`, plus the noisy clip, damping, friction, the soft wall's penalty and the hard wall's
+    reflection; subgradients as torch's: a clamp passes at its bounds, a relu and a sign pass nothing at 0)."""
+    k = lambda name: _knob(features, name)  # noqa: E731
+    lines = ["const int q = r < n ? r : 0;",
+             f"const float* obs = S0 + (base + q) * {obs_width};",
+             "const float c = obs[0], s = obs[1], thd = obs[2];",
+             f"const float act = S{layers}[base + q];",
+             "const float th = TH[base + q];",
+             "const float u = clampf(act, -mt[r], mt[r]);",
+             *_torque_terms(features, "act", "th", "thd"),
+             "const float v = thd + (g[r] * s + ii[r] * tau) * d[r];",
+             "float a_nth = a_th[r], a_nthd = a_thd[r];"]
+    if features.hard_wall:  # th' = nth0 + (1 + e) (under - over), thd' = -e nv where it hit: d/dnth0 = -e there
+        lines += ["const float nth0 = th + clampf(v, -ms[r], ms[r]) * d[r];",
+                  f"if (nth0 - {k('wall_high')} > 0.f || {k('wall_low')} - nth0 > 0.f) {{ "
+                  f"a_nth = (1.f - {k('wall_rebound')}) * a_nth; a_nthd = -{k('wall_restitution')} * a_nthd; }}"]
+    lines += ["const float a_nv = a_nthd + a_nth * d[r];",
+              "const float a_v = (v >= -ms[r] && v <= ms[r]) ? a_nv : 0.f;",
+              "const float a_acc = a_v * d[r];",
+              "a_s[r] = a_acc * g[r];",
+              "const float a_tau = a_acc * ii[r];",
+              "const float a_cost = -gr[r];",
+              "const float x = th + (float)M_PI, two_pi = 2.f * (float)M_PI;",
+              "const float w = x - two_pi * floorf(x / two_pi) - (float)M_PI;",
+              "float a_thv = a_nth + a_cost * 2.f * w;",
+              f"float a_thdv = a_v + a_cost * {_c_float(2 * COST_SPEED)} * thd;"]
+    if features.damping:
+        lines.append(f"a_thdv -= {k('damping')} * a_tau;")
+    if features.friction_smooth:
+        slope = (f"(1.f - fs * fs) / {k('friction_width')}" if not features.friction_sign else
+                 f"({k('friction_smooth')} != 0.f ? (1.f - fs * fs) / {k('friction_width')} : 0.f)")
+        lines += [f"const float fs = tanh_approx(thd / {k('friction_width')});",
+                  f"a_thdv -= {k('friction')} * {slope} * a_tau;"]
+    if features.soft_wall:
+        lines.append(f"a_thv -= {k('wall_stiffness')} * a_tau * ((float)({k('soft_low')} - th > 0.f) + "
+                     f"(float)(th - {k('soft_high')} > 0.f));")
+    lines += ["a_th[r] = a_thv; a_thd[r] = a_thdv;",
+              f"const float a_cmd = a_cost * {_c_float(2 * COST_TORQUE)} * u;"]
+    if features.noise:
+        lines += [f"const float xn = act + {k('torque_noise')} * XI[(size_t)(r0 + q) * H + t];",
+                  "const float a_act = ((xn >= -mt[r] && xn <= mt[r]) ? a_tau : 0.f) + "
+                  "((act >= -mt[r] && act <= mt[r]) ? a_cmd : 0.f);"]
+    else:
+        lines.append("const float a_act = (act >= -mt[r] && act <= mt[r]) ? a_tau + a_cmd : 0.f;")
+    lines += ["const float y = act / scale;  /* act = scale tanh(z) */",
+              f"dl{layers - 1}[r][0] = a_act * scale * (1.f - y * y);"]
+    return ("""      #pragma omp simd
+      for (int r = 0; r < R; r++) {""" + "".join(f"\n        {line}" for line in lines) + "\n      }")
+
+
+def _backward_source(widths: list[int], activation: str, head: str, lanes: int,
+                     features: PhysicsFeatures = GYMNASIUM_FEATURES) -> str:
     """The adjoint recursion, :data:`ROW_BLOCK` pendulums at a time, from the last step to the first. Inputs: the
     saved angles ``TH [H, B]`` and layer inputs ``S_i [H, B, w_i]`` (``S_0`` is the observation, ``S_L`` the squashed
     action), the reward gradients ``[B, H]`` and the final-state gradients. Outputs (zeroed by the caller): the
@@ -344,6 +486,7 @@ def _backward_source(widths: list[int], activation: str, head: str, lanes: int) 
             "    const int n = B - r0 < R ? B - r0 : R;",
             "    float g[R], ii[R], d[R], ms[R], mt[R], a_th[R], a_thd[R], a_s[R], gr[R];"]
     code += [f"    float ah{i}[R][{widths[i]}], dl{i}[R][{widths[i + 1]}];" for i in range(layers)]
+    code += _knob_loads(features)
     code.append("""    for (int r = 0; r < R; r++) {
       const int k = r0 + (r < n ? r : 0);
       g[r] = gravity[k]; ii[r] = inv_inertia[k]; d[r] = dt[k]; ms[r] = max_speed[k]; mt[r] = max_torque[k];
@@ -351,7 +494,11 @@ def _backward_source(widths: list[int], activation: str, head: str, lanes: int) 
     }
     for (int t = H - 1; t >= 0; t--) {
       const size_t base = (size_t)t * B + r0;""")
-    code.append(f"""      for (int r = 0; r < R; r++) gr[r] = r < n ? grad_rewards[(size_t)(r0 + r) * H + t] : 0.f;
+    if features != GYMNASIUM_FEATURES:
+        code.append("      for (int r = 0; r < R; r++) gr[r] = r < n ? grad_rewards[(size_t)(r0 + r) * H + t] : 0.f;")
+        code.append(_step_adjoint_source(features, layers, widths[0]))
+    else:
+        code.append(f"""      for (int r = 0; r < R; r++) gr[r] = r < n ? grad_rewards[(size_t)(r0 + r) * H + t] : 0.f;
       #pragma omp simd
       for (int r = 0; r < R; r++) {{
         const int q = r < n ? r : 0;
@@ -415,7 +562,7 @@ def _backward_source(widths: list[int], activation: str, head: str, lanes: int) 
 
 
 # ---------------------------------------------------------------------------------------------------- build and load
-_LIBS: dict[tuple[tuple[int, ...], str], ctypes.CDLL | None] = {}
+_LIBS: dict[tuple[tuple[int, ...], str, PhysicsFeatures], ctypes.CDLL | None] = {}
 _WARNED = False
 
 
@@ -480,10 +627,11 @@ def _compile(source: str) -> ctypes.CDLL | None:
         return None
 
 
-def _library(widths: tuple[int, ...], activation: str) -> ctypes.CDLL | None:
-    key = (widths, activation)
+def _library(widths: tuple[int, ...], activation: str,
+             features: PhysicsFeatures = GYMNASIUM_FEATURES) -> ctypes.CDLL | None:
+    key = (widths, activation, features)
     if key not in _LIBS:
-        _LIBS[key] = _compile(_source(list(widths), activation, vector_lanes()))
+        _LIBS[key] = _compile(_source(list(widths), activation, vector_lanes(), features))
     return _LIBS[key]
 
 
@@ -512,11 +660,11 @@ def _layers(policy: object) -> NativeLayers | None:
 def supported(policy: object, constants: StepConstants, like: Tensor, rows: int) -> bool:
     """Whether the native loop runs this case: a policy whose ``native_layers()`` describes tanh/relu layers (e.g.
     a :class:`~research.policies.SquashedMLP` that is exactly one) no wider than :data:`NATIVE_MAX_WIDTH` on CPU in
-    float32, Gymnasium's physics without the optional terms, parameters that need no gradient, at least one row, and
-    a C compiler."""
+    float32, the pendulum's physics with any of its optional terms (damping, dry friction, torque noise, a hard or
+    soft wall), parameters that need no gradient, at least one row, and a C compiler."""
     if not ENABLED or torch.compiler.is_compiling() or rows == 0:
         return False
-    if like.device.type != "cpu" or like.dtype != torch.float32 or constants.features != GYMNASIUM_FEATURES:
+    if like.device.type != "cpu" or like.dtype != torch.float32 or not isinstance(constants, StepConstants):
         return False
     layers = _layers(policy)
     if layers is None:
@@ -525,9 +673,9 @@ def supported(policy: object, constants: StepConstants, like: Tensor, rows: int)
         return False
     if max(w.shape[0] for w in layers.weights) > NATIVE_MAX_WIDTH:
         return False
-    if any(torch.is_tensor(v) and v.requires_grad for v in constants[:5]):
+    if any(torch.is_tensor(v) and v.requires_grad for v in constants):
         return False
-    return _library(_widths(layers), layers.activation) is not None
+    return _library(_widths(layers), layers.activation, constants.features) is not None
 
 
 def _ptr(t: Tensor) -> ctypes.c_void_p:
@@ -553,9 +701,26 @@ def _widths(layers: NativeLayers) -> tuple[int, ...]:
     return (layers.weights[0].shape[1], *(w.shape[0] for w in layers.weights))
 
 
-def _lib_for(layers: NativeLayers) -> tuple[ctypes.CDLL, tuple[int, ...]]:
+def _lib_for(layers: NativeLayers, features: PhysicsFeatures) -> tuple[ctypes.CDLL, tuple[int, ...]]:
     widths = _widths(layers)
-    return _library(widths, layers.activation), widths
+    return _library(widths, layers.activation, features), widths
+
+
+def _physics_args(constants: StepConstants, rows: int, horizon: int, like: Tensor,
+                  noise: Tensor | None) -> list[Tensor | None]:
+    """The optional terms' C arguments: the knob rows ``K [knobs, rows]`` and the torque noise ``XI [rows, H]``
+    (``[]`` for Gymnasium's physics)."""
+    features = constants.features
+    if features == GYMNASIUM_FEATURES:
+        return []
+    knobs = [torch.broadcast_to(torch.as_tensor(getattr(constants, name), device=like.device).to(like.dtype),
+                                (rows,)) for name in knob_names(features)]
+    table = torch.stack(knobs).contiguous() if knobs else torch.zeros(1, rows, dtype=like.dtype)
+    if features.noise:
+        if noise is None:
+            raise ValueError("research.native: these physics have torque noise; pass the noise [N, H]")
+        noise = noise.detach().reshape(rows, horizon).to(like.dtype).contiguous()
+    return [table, noise if features.noise else None]
 
 
 def _described(policy: object) -> NativeLayers:
@@ -567,38 +732,44 @@ def _described(policy: object) -> NativeLayers:
 
 
 @torch.no_grad()
+def _ptrs(tensors: list[Tensor | None]) -> list[ctypes.c_void_p | None]:
+    return [None if t is None else _ptr(t) for t in tensors]
+
+
 def native_simulate(policy: nn.Module, th: Tensor, thdot: Tensor, constants: StepConstants,
-                    horizon: int) -> tuple[Tensor, Tensor, Tensor]:
+                    horizon: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(returns, th, thdot)``, each ``[N]``, of ``horizon`` gradient-free steps from ``th, thdot [N]``
-    (check :func:`supported` first)."""
+    (check :func:`supported` first); ``noise [N, H]`` (standard normal) where the physics have torque noise."""
     layers = _described(policy)
-    lib, _ = _lib_for(layers)
+    lib, _ = _lib_for(layers, constants.features)
     n = th.numel()
     th, thdot = th.contiguous(), thdot.contiguous()
     consts, weights = _per_row(constants, n, th), _weights(layers)
+    physics = _physics_args(constants, n, horizon, th, noise)
     returns, th_out, thdot_out = torch.empty(n), torch.empty(n), torch.empty(n)
     lib.simulate(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(layers.scale),
-                 *map(_ptr, weights), _ptr(returns), _ptr(th_out), _ptr(thdot_out))
+                 *map(_ptr, weights), *_ptrs(physics), _ptr(returns), _ptr(th_out), _ptr(thdot_out))
     return returns, th_out, thdot_out
 
 
 class _NativeRollout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, layers, constants, horizon, pre_noise, th, thdot, *params):
-        lib, widths = _lib_for(layers)
+    def forward(ctx, layers, constants, horizon, pre_noise, noise, th, thdot, *params):
+        lib, widths = _lib_for(layers, constants.features)
         n = th.numel()
         th, thdot = th.detach().contiguous(), thdot.detach().contiguous()
         pre_noise = None if pre_noise is None else pre_noise.detach().reshape(n, horizon).contiguous()
         consts, weights = _per_row(constants, n, th), _weights(layers)
+        physics = _physics_args(constants, n, horizon, th, noise)
         rewards = torch.empty(n, horizon)
         returns, th_out, thdot_out = torch.empty(n), torch.empty(n), torch.empty(n)
         th_saved = torch.empty(horizon, n)
         saved = [torch.empty(horizon, n, w) for w in widths]
         lib.forward(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(layers.scale),
-                    *map(_ptr, weights), None if pre_noise is None else _ptr(pre_noise), _ptr(rewards),
-                    _ptr(returns), _ptr(th_out), _ptr(thdot_out), _ptr(th_saved), *map(_ptr, saved))
+                    *map(_ptr, weights), *_ptrs(physics), None if pre_noise is None else _ptr(pre_noise),
+                    _ptr(rewards), _ptr(returns), _ptr(th_out), _ptr(thdot_out), _ptr(th_saved), *map(_ptr, saved))
         ctx.lib, ctx.widths, ctx.horizon, ctx.scale = lib, widths, horizon, layers.scale
-        ctx.inputs = (th, thdot, consts, weights, th_saved, saved)
+        ctx.inputs = (th, thdot, consts, weights, th_saved, saved, physics)
         observations = saved[0].transpose(0, 1)  # [N, H, 3], the states the policy saw
         ctx.mark_non_differentiable(observations)
         return rewards, th_out, thdot_out, observations
@@ -606,7 +777,7 @@ class _NativeRollout(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_rewards, grad_th, grad_thdot, _grad_observations):
-        th, thdot, consts, weights, th_saved, saved = ctx.inputs
+        th, thdot, consts, weights, th_saved, saved, physics = ctx.inputs
         n, horizon, widths = th.numel(), ctx.horizon, ctx.widths
         grad_rewards = torch.zeros(n, horizon) if grad_rewards is None else grad_rewards.contiguous()
         grad_th = torch.zeros(n) if grad_th is None else grad_th.contiguous()
@@ -614,18 +785,20 @@ class _NativeRollout(torch.autograd.Function):
         grads = [torch.zeros(shape) for k, m in pairwise(widths) for shape in ((m, k), (m,))]
         grad_th0, grad_thdot0 = torch.empty(n), torch.empty(n)
         ctx.lib.backward(n, horizon, _ptr(th), _ptr(thdot), *map(_ptr, consts), ctypes.c_float(ctx.scale),
-                         *map(_ptr, weights), _ptr(th_saved), *map(_ptr, saved), _ptr(grad_rewards),
-                         _ptr(grad_th), _ptr(grad_thdot), *map(_ptr, grads), _ptr(grad_th0), _ptr(grad_thdot0))
-        return (None, None, None, None, grad_th0, grad_thdot0, *grads)
+                         *map(_ptr, weights), *_ptrs(physics), _ptr(th_saved), *map(_ptr, saved),
+                         _ptr(grad_rewards), _ptr(grad_th), _ptr(grad_thdot), *map(_ptr, grads), _ptr(grad_th0),
+                         _ptr(grad_thdot0))
+        return (None, None, None, None, None, grad_th0, grad_thdot0, *grads)
 
 
 def native_rollout(policy: nn.Module, th: Tensor, thdot: Tensor, constants: StepConstants, horizon: int,
-                   pre_noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                   pre_noise: Tensor | None = None, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(rewards [N, H], th [N], thdot [N], observations [N, H, 3])`` of a differentiable rollout from
     ``th, thdot [N]``: gradients reach the policy's parameters and the start state (check :func:`supported` first);
     ``observations`` (what the policy saw at each step) carry none. ``pre_noise [N, H]`` (or ``[N, H, 1]``), when
     given, is added to the policy's output before its squash at each step (randomised smoothing; the gradient flows
-    through the mean: ``action = scale * tanh(z + pre_noise)``)."""
+    through the mean: ``action = scale * tanh(z + pre_noise)``). ``noise [N, H]`` (standard normal) is the torque
+    noise where the physics have it."""
     layers = _described(policy)
     params = [p for w, b in zip(layers.weights, layers.biases, strict=True) for p in (w, b)]
-    return _NativeRollout.apply(layers, constants, horizon, pre_noise, th, thdot, *params)
+    return _NativeRollout.apply(layers, constants, horizon, pre_noise, noise, th, thdot, *params)

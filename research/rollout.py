@@ -214,7 +214,8 @@ def fused_rollout(
         pre_noise = action_noise * eps.movedim(0, -2)  # [*B, H, action_dim]
     plain = not compile and episode_length is None and not keep_trajectory
     if _native_case(system, policy, constants, x, native, plain):
-        rewards, *columns, seen = native_module.native_rollout(policy, *x.unbind(-1), constants, horizon, pre_noise)
+        rewards, *columns, seen = native_module.native_rollout(policy, *x.unbind(-1), constants, horizon, pre_noise,
+                                                               noise)
         return Rollout(rewards, RolloutState(torch.stack(columns, dim=-1), step_count + horizon),
                        observations=seen if keep_observations else None)
     if compile:
@@ -475,7 +476,8 @@ def simulate(
         if native is not False and not compile:
             t_constants = system.constants(t_params, features, like=t_x)
             if _native_case(system, policy, t_constants, t_x, native, True):
-                returns, *columns = native_module.native_simulate(policy, *t_x.unbind(-1), t_constants, horizon)
+                returns, *columns = native_module.native_simulate(policy, *t_x.unbind(-1), t_constants, horizon,
+                                                                  t_noise)
                 tiles.append((returns, torch.stack(columns, dim=-1)))
                 continue
         elif native:

@@ -100,6 +100,61 @@ def test_odd_widths_agree_with_the_torch_loop(hidden, activation):
     _check_rollout_and_gradients(activation, hidden)
 
 
+# every optional term of the pendulum's physics, alone and mixed: per-row knobs, angles in the wall's range
+PRESET_CASES = ["damped", "coulomb", "coulomb_smooth", "wall", "wall_soft", "noisy", "weak", "randomized", "mixed"]
+
+
+def _preset_case(name, horizon, seed=0):
+    torch.manual_seed(seed)
+    policy = make_policy([16, 16], "tanh", max_torque=2.0)
+    gen = torch.Generator().manual_seed(seed + 1)
+    if name == "mixed":  # sign and tanh friction in one batch, damping, noise and both walls on different rows
+        from research.systems.pendulum import Pendulum
+        system = Pendulum("mixed", {"damping": 0.05, "friction": 0.3, "torque_noise": 0.3, "wall_angle": 0.9},
+                          ranges={"friction_width": (0.0, 0.2), "wall_stiffness": (0.0, 150.0),
+                                  "wall_restitution": (0.0, 0.8)})
+        params = system.params((BATCH,), gen)
+        params = params._replace(friction_width=torch.where(torch.arange(BATCH) % 2 == 0, 0.0, params.friction_width),
+                                 wall_stiffness=torch.where(torch.arange(BATCH) % 3 == 0, 0.0, params.wall_stiffness))
+    else:
+        system = get_physics(name)
+        params = system.params((BATCH,), gen)
+    x = system.initial_state((BATCH,), gen, params=params)
+    x = torch.stack((x[:, 0], x[:, 1] * 3), -1)  # fast starts: walls are hit, speeds clip
+    if system.ranges or name == "mixed":
+        from research.envs.physics import physics_features
+        features = physics_features(params)
+    else:
+        features = system.features
+    noise = torch.randn(BATCH, horizon, 1, generator=gen) if features.noise else None
+    return policy, system, params, features, x, noise
+
+
+@pytest.mark.parametrize("name", PRESET_CASES)
+def test_every_physics_term_agrees_with_the_torch_loop(name):
+    policy, system, params, features, x, noise = _preset_case(name, 40)
+    constants = step_constants(params, features)
+    assert native.supported(policy, constants, x[:, 0], BATCH)
+    sims = [simulate(policy, x, params, 60 if noise is None else 40, system=system, features=features, native=flag,
+                     noise=noise) for flag in (True, False)]
+    torch.testing.assert_close(sims[0].returns, sims[1].returns, rtol=1e-4, atol=2e-2)
+
+    weights = torch.randn(BATCH, 40, generator=torch.Generator().manual_seed(5))
+
+    def run(use_native):
+        x0 = x.clone().requires_grad_()
+        out = fused_rollout(policy, initial_state(x0), params, 40, system=system, features=features,
+                            native=use_native, noise=noise)
+        loss = (out.rewards * weights).sum() + (out.state.state * torch.tensor([0.3, -0.2])).sum()
+        return out, torch.autograd.grad(loss, [x0, *policy.parameters()])
+
+    (ours, ours_grads), (ref, ref_grads) = run(True), run(False)
+    torch.testing.assert_close(ours.rewards, ref.rewards, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(ours.state.state, ref.state.state, rtol=1e-4, atol=1e-3)
+    for got, want in zip(ours_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * want.abs().max().item())
+
+
 def test_action_noise_and_observations_agree_with_the_torch_loop():
     """Randomised smoothing (pre-squash noise, drawn once for the rollout) and the observations the squash penalty
     reads: the same rewards, observations and gradients natively as on the torch loop, from the same draws."""
@@ -234,9 +289,11 @@ def test_unsupported_cases_fall_back_or_say_why():
     assert not native.supported(policy.double(), constants, th.double(), BATCH)
     policy.float()
     assert not native.supported(make_policy([native.NATIVE_MAX_WIDTH + 16]), constants, th, BATCH)
-    noisy = get_physics("noisy")
-    noisy_constants = step_constants(noisy.params((BATCH,)), noisy.features)
-    assert not native.supported(policy, noisy_constants, th, BATCH)
+    # parameters that need a gradient stay on the torch loop (the C loop differentiates the policy and the state)
+    wall = get_physics("wall")
+    wall_params = wall.params((BATCH,))
+    wall_params = type(wall_params)(*(p.clone().requires_grad_(i == 0) for i, p in enumerate(wall_params)))
+    assert not native.supported(policy, step_constants(wall_params, wall.features), th, BATCH)
     with pytest.raises(ValueError, match="native=True"):
         fused_rollout(policy, initial_state(torch.stack((th, thdot), -1)), params, 5, native=True, keep_trajectory=True)
     with pytest.raises(ValueError, match="native=True"):
