@@ -285,6 +285,10 @@ class ExperimentConfig:
     or a system's preset as 'system:preset' (cartpole:heavy_pole). Each run trains and is scored on it (``env.system``
     and ``env.physics``; ``eval.physics`` follows) and lives in ``<experiment>/<entry>/<algo>/seed_<k>`` (':' written
     '-'). Empty: one physics per algorithm, its table's ``env``, and runs in ``<experiment>/<algo>/seed_<k>``."""
+    order: Literal["physics", "algos"] = "physics"
+    """Which axis the runs go through slowest: 'physics' (every algorithm on the first physics, then the next) or
+    'algos' (the first algorithm on every physics, then the next: a cheap method's whole row finishes before an
+    expensive one starts). Only the order in which runs start; nothing else depends on it."""
 
     def __post_init__(self) -> None:
         unknown = []

@@ -259,27 +259,29 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
     given = list(overrides)
     overrides = ([f"device={json.dumps(device)}"] if device else []) + common
     runs = []
-    for physics in settings.physics or [None]:
-        for name in algos:
-            algo, table = tables.get(name, (name, {}))
-            table = physics_table(path, name, table, physics, settings.physics)
-            clash = sorted({"physics", "system"} & set(table.get("env", {}))) if physics else []
-            if clash:
-                raise ConfigError(f"{path}: [{name}.env] sets {clash[0]} while experiment.physics crosses presets and "
-                                  "systems; remove one of them")
-            extra = []
-            if physics:
-                system, preset, _ = physics_entry(physics)
-                extra = [f"env.physics={json.dumps(preset)}"]
-                extra += [f"env.system={json.dumps(system)}"] if system != "pendulum" else []
-            for seed in settings.seeds:
-                try:
-                    config = resolve_config(algo, table, seed, overrides + per_algo.get(name, []) + extra)
-                except ImportError as err:
-                    raise ConfigError(f"algorithm {algo!r} is registered but cannot be imported: {err}") from None
-                folder = physics_entry(physics)[2] if physics else None
-                runs.append(PlannedRun(algo, seed, config, run_dir(results, path.stem, name, seed, folder),
-                                       config_hash(config), physics, "" if name == algo else name))
+    cells = [(physics, name) for physics in settings.physics or [None] for name in algos]
+    if settings.order == "algos":
+        cells = [(physics, name) for name in algos for physics in settings.physics or [None]]
+    for physics, name in cells:
+        algo, table = tables.get(name, (name, {}))
+        table = physics_table(path, name, table, physics, settings.physics)
+        clash = sorted({"physics", "system"} & set(table.get("env", {}))) if physics else []
+        if clash:
+            raise ConfigError(f"{path}: [{name}.env] sets {clash[0]} while experiment.physics crosses presets and "
+                              "systems; remove one of them")
+        extra = []
+        if physics:
+            system, preset, _ = physics_entry(physics)
+            extra = [f"env.physics={json.dumps(preset)}"]
+            extra += [f"env.system={json.dumps(system)}"] if system != "pendulum" else []
+        for seed in settings.seeds:
+            try:
+                config = resolve_config(algo, table, seed, overrides + per_algo.get(name, []) + extra)
+            except ImportError as err:
+                raise ConfigError(f"algorithm {algo!r} is registered but cannot be imported: {err}") from None
+            folder = physics_entry(physics)[2] if physics else None
+            runs.append(PlannedRun(algo, seed, config, run_dir(results, path.stem, name, seed, folder),
+                                   config_hash(config), physics, "" if name == algo else name))
     return ExperimentPlan(path.stem, path, settings, Path(results) / path.stem, runs, given)
 
 

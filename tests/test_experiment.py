@@ -386,6 +386,22 @@ def test_by_physics_tables_set_one_row_per_task(tmp_path):
         load_experiment(path, tmp_path)
 
 
+def test_order_algos_runs_each_method_on_every_physics_first(tmp_path):
+    path = tmp_path / "order.toml"
+    body = '[experiment]\nphysics = ["default", "weak"]\nseeds = [0]\n{order}[bptt]\n[shac]\n'
+    path.write_text(body.format(order=""))
+    cells = [(run.physics, run.algo) for run in load_experiment(path, tmp_path).runs]
+    assert cells == [("default", "bptt"), ("default", "shac"), ("weak", "bptt"), ("weak", "shac")]
+    path.write_text(body.format(order='order = "algos"\n'))
+    runs = load_experiment(path, tmp_path).runs
+    assert [(run.physics, run.algo) for run in runs] == [("default", "bptt"), ("weak", "bptt"), ("default", "shac"),
+                                                          ("weak", "shac")]
+    assert runs[1].run_dir == tmp_path / "order" / "weak" / "bptt" / "seed_0"  # the same directories either way
+    path.write_text(body.format(order='order = "seeds"\n'))
+    with pytest.raises(ConfigError, match=r"experiment.order must be one of \['physics', 'algos'\], got 'seeds'"):
+        load_experiment(path, tmp_path)
+
+
 def test_dry_run_lists_runs(finished_smoke, capsys):
     assert main([str(SMOKE), "--results", str(finished_smoke[0]), "--dry-run"]) == 0
     assert "bptt/seed_0" in capsys.readouterr().out
