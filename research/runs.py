@@ -68,11 +68,26 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name and widest vector extension, e.g. ``"AMD EPYC, AVX2"`` (Linux's ``/proc/cpuinfo``; else
+    ``platform.processor()``): timings and wall-clock-capped runs depend on both."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = cpuinfo.read().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    vector = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
+                  "")
+    return ", ".join(part for part in (name or platform.machine(), vector) if part)
+
+
 def device_description(device: str | torch.device) -> str:
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
+    return f"cpu: {cpu_model()}, {os.cpu_count()} logical cores"
 
 
 def make_mirror(kind: str, path: Path, name: str) -> Any:

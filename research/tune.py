@@ -52,7 +52,10 @@ kept, trials that were running are run again with the same parameters (their run
 reuse a finished ``summary.json``), and new trials are asked until ``trials`` are finished; a search whose settings
 changed is moved aside into ``<results>/tune/<stem>/superseded/``. Runs go through :mod:`research.experiment`'s
 machinery (local processes, ``--jobs`` at a time, or Ray tasks with ``--backend ray``), ``ceil(jobs / seeds)`` trials
-at a time. One log line per finished trial, and a progress bar per search.
+at a time. One log line per finished trial. ``order = "rounds"`` (the default) runs one batch of every search in
+turn, one progress bar over them all: a tuning that spans sessions or machines (the wall-clock cap buys less on a
+slower CPU) spreads every method's trials over the same ones, and each trial records its CPU (``cpu`` in
+``trials.csv``); ``"searches"`` runs each search to its end, a bar each.
 
 Determinism. The TPE sampler is seeded with ``sampler_seed + trial number`` at every ask, so a trial's parameters
 depend only on the trials finished (and running: TPE's constant liar) when it was asked: an uninterrupted search and
@@ -102,6 +105,7 @@ from research.config import (
 )
 from research.evaluation import EVAL_EPISODES, EVAL_NOISE_SEED, EVAL_PARAMS_SEED, EVAL_SEED
 from research.rundir import SUMMARY, atomic_write_bytes, atomic_write_json
+from research.runs import cpu_model
 from research.train import resolve_config
 
 log = logging.getLogger("research.tune")
@@ -158,6 +162,10 @@ class TuneConfig:
     """Policy MLP of every method (the fixed architecture); empty: each algorithm's own default."""
     critic_hidden_sizes: list[int] = field(default_factory=list)
     """Critic MLP of every method that has one; empty: each algorithm's own default."""
+    order: Literal["rounds", "searches"] = "rounds"
+    """'rounds': one batch of trials of every search in turn until each has its trials, so that a tuning spread over
+    sessions or machines (its wall-clock caps depend on the CPU) gives every method the same mix of them; 'searches':
+    each search to its end before the next."""
     recipe_rows: bool = True
     """Whether the written experiment file also runs each method's recipe (its trainer's defaults, the ``[<algo>]``
     table) beside the tuned settings (``[<algo>_tuned]``, a variant of the same trainer): the race's two rows."""
@@ -514,7 +522,8 @@ def objective_value(returns: Sequence[float], kind: str) -> float:
 def _fingerprint(plan: TunePlan, search: Search) -> str:
     """A hash of what a search's trials depend on: a study made for other settings is moved aside, not mixed."""
     blob = {"settings": {k: v for k, v in dataclasses.asdict(plan.settings).items()
-                         if k not in ("description", "trials", "tasks", "algos", "report_seeds")},
+                         if k not in ("description", "trials", "tasks", "algos", "report_seeds", "order",
+                                      "recipe_rows")},
             "space": [p.describe() for p in search.params], "table": search.table, "device": plan.device}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -523,7 +532,8 @@ def _trial_record(search: Search, trial: Any) -> dict[str, Any]:
     attrs = trial.user_attrs
     return {"number": trial.number, "state": trial.state.name, "value": trial.value,
             "params": {p.name: p.decode(trial.params[p.name]) for p in search.params if p.name in trial.params},
-            "seconds": attrs.get("seconds"), "budget": attrs.get("budget"), "runs": attrs.get("runs", {}),
+            "seconds": attrs.get("seconds"), "cpu": attrs.get("cpu"), "budget": attrs.get("budget"),
+            "runs": attrs.get("runs", {}),
             **({"failure": attrs["failure"]} if "failure" in attrs else {})}
 
 
@@ -588,12 +598,12 @@ def write_record(plan: TunePlan, search: Search, study: Any, batch: int) -> dict
     names = [p.name for p in search.params]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["number", "state", "value", "seconds", "max_env_steps", *names,
+    writer.writerow(["number", "state", "value", "seconds", "cpu", "max_env_steps", *names,
                      *(f"return_seed_{s}" for s in settings.seeds)])
     for row in record["trials"]:
         runs = row["runs"]
         steps = max((r.get("env_steps", 0) for r in runs.values()), default="")
-        writer.writerow([row["number"], row["state"], row["value"], row["seconds"], steps,
+        writer.writerow([row["number"], row["state"], row["value"], row["seconds"], row["cpu"], steps,
                          *(json.dumps(row["params"].get(n)) if isinstance(row["params"].get(n), list)
                            else row["params"].get(n) for n in names),
                          *(runs.get(str(s), {}).get("return") for s in settings.seeds)])
@@ -718,52 +728,71 @@ def _sampler(settings: TuneConfig, number: int) -> Any:
     return _optuna().samplers.TPESampler(seed=settings.sampler_seed + number, n_startup_trials=settings.startup_trials)
 
 
+def _next_batch(plan: TunePlan, search: Search, study: Any, batch_size: int) -> list[tuple[Any, dict[str, Any]]]:
+    """The next trials of one search to run, ``(trial, values)``: those a killed invocation left running (run again
+    with their parameters), then new ones asked of the sampler, up to ``batch_size``; empty when it has its trials."""
+    optuna = _optuna()
+    settings = plan.settings
+    trials = study.get_trials(deepcopy=False)
+    stale = [t for t in trials if t.state.name == "RUNNING"]  # a killed invocation's: run again as they were
+    for t in [t for t in stale if any(p.name not in t.params for p in search.params)]:
+        # killed between its ask and its parameters: it never ran, and does not count as a trial
+        study._storage.set_trial_user_attr(t._trial_id, "never_ran", True)
+        study._storage.set_trial_user_attr(t._trial_id, "failure", "never ran: stopped between its ask and "
+                                           "its parameters (not counted)")
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        stale.remove(t)
+    remaining = settings.trials - _finished_count(study)
+    if remaining <= 0:
+        return []
+    again = stale[:min(batch_size, remaining)]
+    batch = [(optuna.trial.Trial(study, t._trial_id), {p.name: p.decode(t.params[p.name]) for p in search.params})
+             for t in again]
+    if again:
+        log.info("%s: running again trial(s) %s, unfinished when the last invocation stopped", search.name,
+                 [t.number for t in again])
+    for _ in range(min(batch_size - len(batch), max(0, remaining - len(stale)))):
+        study.sampler = _sampler(settings, len(study.get_trials(deepcopy=False)))
+        trial = study.ask()
+        batch.append((trial, {p.name: p.suggest(trial) for p in search.params}))
+    return batch
+
+
+def _batch_size(plan: TunePlan, jobs: int) -> int:
+    """Trials run at a time: enough for ``jobs`` runs over the tuning seeds."""
+    return max(1, math.ceil(jobs / len(plan.settings.seeds)))
+
+
 def run_search(plan: TunePlan, search: Search, jobs: int, backend: str, cpus_per_run: int,
-               gpus_per_run: float | None, quiet: bool) -> dict[str, Any]:
-    """Runs the trials of one search still missing (resuming the study); returns its record."""
+               gpus_per_run: float | None, quiet: bool, study: Any = None, bar: Any = None,
+               rounds: int | None = None) -> dict[str, Any]:
+    """Runs the trials of one search still missing (resuming the study); returns its record.
+
+    With ``rounds``, at most that many batches (the caller interleaves searches); ``study`` and ``bar`` default to
+    the search's own."""
     from tqdm.auto import tqdm
 
     from research.experiment import PlannedRun, _execute_local, _execute_ray
 
-    optuna = _optuna()
-    settings = plan.settings
-    study = _open_study(plan, search)
-    batch_size = max(1, math.ceil(jobs / len(settings.seeds)))
-    finished = _finished_count(study)
-    bar = tqdm(total=settings.trials, initial=min(finished, settings.trials), unit="trial", disable=quiet,
-               desc=f"{plan.name}/{search.name}", dynamic_ncols=True)
-    experiment = f"{TUNE}/{plan.name}"
+    study = _open_study(plan, search) if study is None else study
+    batch_size = _batch_size(plan, jobs)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=plan.settings.trials, initial=min(_finished_count(study), plan.settings.trials),
+                   unit="trial", disable=quiet, desc=f"{plan.name}/{search.name}", dynamic_ncols=True)
     try:
-        while True:
-            trials = study.get_trials(deepcopy=False)
-            stale = [t for t in trials if t.state.name == "RUNNING"]  # a killed invocation's: run again as they were
-            for t in [t for t in stale if any(p.name not in t.params for p in search.params)]:
-                # killed between its ask and its parameters: it never ran, and does not count as a trial
-                study._storage.set_trial_user_attr(t._trial_id, "never_ran", True)
-                study._storage.set_trial_user_attr(t._trial_id, "failure", "never ran: stopped between its ask and "
-                                                   "its parameters (not counted)")
-                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-                stale.remove(t)
-            finished = _finished_count(study)
-            remaining = settings.trials - finished
-            if remaining <= 0:
+        done = 0
+        while rounds is None or done < rounds:
+            batch = _next_batch(plan, search, study, batch_size)
+            if not batch:
                 break
-            again = stale[:min(batch_size, remaining)]
-            batch = [(optuna.trial.Trial(study, t._trial_id), {p.name: p.decode(t.params[p.name])
-                                                              for p in search.params}) for t in again]
-            if again:
-                log.info("%s: running again trial(s) %s, unfinished when the last invocation stopped", search.name,
-                         [t.number for t in again])
-            new = min(batch_size - len(batch), max(0, remaining - len(stale)))
-            for _ in range(new):
-                study.sampler = _sampler(settings, len(study.get_trials(deepcopy=False)))
-                trial = study.ask()
-                batch.append((trial, {p.name: p.suggest(trial) for p in search.params}))
-            _run_batch(plan, search, study, batch, jobs, backend, cpus_per_run, gpus_per_run, quiet, experiment,
-                       bar, PlannedRun, _execute_local, _execute_ray)
+            _run_batch(plan, search, study, batch, jobs, backend, cpus_per_run, gpus_per_run, quiet,
+                       f"{TUNE}/{plan.name}", bar, PlannedRun, _execute_local, _execute_ray)
             write_record(plan, search, study, batch_size)
+            done += 1
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
     return write_record(plan, search, study, batch_size)
 
 
@@ -781,6 +810,7 @@ def _run_batch(plan: TunePlan, search: Search, study: Any, batch: list[tuple[Any
         seconds = round(sum(r.get("wall_time_s", 0.0) + r.get("eval_time_s", 0.0)
                             for r in outcome["runs"].values()), 2)
         trial.set_user_attr("seconds", seconds)
+        trial.set_user_attr("cpu", cpu_model())  # the wall-clock cap means less on a slower CPU: say which ran it
         trial.set_user_attr("budget", cuts.get(trial.number, {}))
         values = {p.name: p.decode(trial.params[p.name]) for p in search.params if p.name in trial.params}
         if outcome["errors"]:
@@ -882,8 +912,9 @@ def run_tune(path: str | Path, results: str | Path = "results", jobs: int | None
              len(plan.searches), ", ".join(s.name for s in plan.searches), plan.settings.trials,
              plan.settings.env_steps, plan.settings.wall_time_s, plan.settings.seeds)
     records: dict[str, dict[str, Any]] = {}
-    for search in plan.searches:
-        records[search.name] = run_search(plan, search, jobs, backend, cpus_per_run, gpus_per_run, quiet)
+
+    def finished(search: Search, record: dict[str, Any]) -> None:
+        records[search.name] = record
         by_task: dict[str, dict[str, Any]] = {}
         for done in plan.searches:
             if done.name in records:
@@ -891,8 +922,30 @@ def run_tune(path: str | Path, results: str | Path = "results", jobs: int | None
         written = write_tuned(plan, by_task)
         if written is not None:
             log.info("%s: best %s eval return %s (trial %s); wrote %s", search.name, plan.settings.objective,
-                     (records[search.name]["best"] or {}).get("value"),
-                     (records[search.name]["best"] or {}).get("number"), written)
+                     (record["best"] or {}).get("value"), (record["best"] or {}).get("number"), written)
+
+    if plan.settings.order == "searches":
+        for search in plan.searches:
+            finished(search, run_search(plan, search, jobs, backend, cpus_per_run, gpus_per_run, quiet))
+        return records
+    from tqdm.auto import tqdm
+
+    studies = {search.name: _open_study(plan, search) for search in plan.searches}
+    total = plan.settings.trials * len(plan.searches)
+    bar = tqdm(total=total, initial=sum(min(_finished_count(s), plan.settings.trials) for s in studies.values()),
+               unit="trial", disable=quiet, desc=plan.name, dynamic_ncols=True)
+    try:
+        active = list(plan.searches)
+        while active:
+            for search in list(active):  # one batch of each search per round
+                study = studies[search.name]
+                record = run_search(plan, search, jobs, backend, cpus_per_run, gpus_per_run, quiet, study, bar,
+                                    rounds=1)
+                if _finished_count(study) >= plan.settings.trials:
+                    active.remove(search)
+                    finished(search, record)
+    finally:
+        bar.close()
     return records
 
 

@@ -19,6 +19,7 @@ from research.algos.bptt import BPTTConfig  # noqa: E402
 from research.config import ConfigError, config_hash, from_dict  # noqa: E402
 from research.evaluation import EVAL_NOISE_SEED, EVAL_PARAMS_SEED, EVAL_SEED  # noqa: E402
 from research.experiment import load_experiment  # noqa: E402
+from research.runs import cpu_model  # noqa: E402
 from research.tune import (  # noqa: E402
     JOURNAL,
     SEARCH,
@@ -104,6 +105,7 @@ def test_search_record_and_resume(search):
     assert json.loads((directory / SEARCH).read_text())["best"] == record["best"]
     rows = list(csv.DictReader((directory / TRIALS_CSV).open()))
     assert [int(r["number"]) for r in rows] == [0, 1, 2] and float(rows[1]["value"]) == record["trials"][1]["value"]
+    assert rows[0]["cpu"] == record["trials"][0]["cpu"] == cpu_model()  # which CPU the wall-clock cap ran on
 
 
 def test_equal_budget_in_env_steps(search):
@@ -166,6 +168,33 @@ def test_several_tasks_write_one_race_file_with_per_task_tables(tmp_path):
     runs = {(run.physics, run.label or run.algo): run.config for run in load_experiment(written, tmp_path).runs}
     assert runs["weak", "bptt_tuned"].lr == 0.002 and runs["default", "bptt_tuned"].lr == 0.01
     assert runs["weak", "bptt"].lr == BPTTConfig().lr and runs["weak", "bptt_tuned"].env.physics == "weak"
+
+
+@pytest.mark.parametrize("order,expected", [
+    ("rounds", [("default", [0]), ("weak", [0]), ("default", [1]), ("weak", [1])]),
+    ("searches", [("default", [0]), ("default", [1]), ("weak", [0]), ("weak", [1])]),
+])
+def test_rounds_interleave_the_searches(tmp_path, monkeypatch, order, expected):
+    """order = "rounds" runs one batch of each search in turn (a tuning spread over sessions gives every method the
+    same CPUs); "searches" runs each to its end. Both finish every search and write the race file."""
+    import research.tune as tune
+
+    path = tmp_path / "rounds.toml"
+    path.write_text(TINY.format(trials=2).replace("hidden_sizes = [16, 16]", f'tasks = ["default", "weak"]\n'
+                                                  f'order = "{order}"\nhidden_sizes = [16, 16]'))
+    calls = []
+
+    def run_batch(plan, search, study, batch, *args):  # scheduling only: tell each trial a value, run nothing
+        calls.append((search.task, [trial.number for trial, _ in batch]))
+        for trial, _ in batch:
+            study.tell(trial.number, -100.0 - trial.number)
+
+    monkeypatch.setattr(tune, "_run_batch", run_batch)
+    records = run_tune(path, tmp_path / "results", jobs=2, quiet=True, tuned_dir=tmp_path / "tuned")
+    assert calls == expected  # jobs 2 over 2 tuning seeds: one trial at a time
+    assert {name: r["trials_finished"] for name, r in records.items()} == {"default/bptt": 2, "weak/bptt": 2}
+    assert tomllib.loads((tmp_path / "tuned" / "rounds.toml").read_text())["experiment"]["physics"] == ["default",
+                                                                                                        "weak"]
 
 
 @pytest.mark.parametrize("algo", ["ddpg", "td3", "sac", "shac", "ppo", "ptd3"])
