@@ -33,7 +33,15 @@ Measured (``experiments/ppo.toml``, seed 0, one thread): the defaults take the p
 DP optimum -137.0). On the cart-pole they do not work yet:
 the return rises from -35,700 to about -1,550 in 262k env steps, then the deterministic policy pushes the cart off
 the track (quadratic cost, no termination: returns of -10^6), with or without the reward clip and the observation
-normalisation.
+normalisation. The stochastic policy's own episodes run off too (seed 0, 786k env steps, one thread each): with
+``init_std = 0.3`` the training episode return swings between -2,000 and -100,000 (the critic's explained variance
+0.99); without the observation normalisation it falls steadily to -878,000 (the critic's explained variance
+0.999, and the policy still gets worse); at ``lr = 3e-4`` it swings as at 1e-3; with a fixed reward scale (0.01,
+no normalisation, no clip) the critic's loss takes the clipped global gradient (norm ~1,100 against 1.0) and the
+policy stops moving (KL ~1e-5 per iteration, clip fraction 0) at a worse-than-random -450,000. A plausible cause,
+not yet tested: pushing the cart saturates the tanh, where the action no longer depends on the Gaussian sample and
+the likelihood-ratio gradient vanishes (the saturation trap of the BPTT learners, without a gradient through the
+physics to leave it). ``experiments/tune_race.toml`` searches ``init_std`` with the rest.
 
 Every simulated transition counts against the budget (``num_envs * unroll_length`` per iteration). Everything stays
 on ``run.device``; the only host syncs are the skip guard's, one per minibatch, as in the other trainers.
