@@ -38,10 +38,14 @@ normalisation. The stochastic policy's own episodes run off too (seed 0, 786k en
 0.99); without the observation normalisation it falls steadily to -878,000 (the critic's explained variance
 0.999, and the policy still gets worse); at ``lr = 3e-4`` it swings as at 1e-3; with a fixed reward scale (0.01,
 no normalisation, no clip) the critic's loss takes the clipped global gradient (norm ~1,100 against 1.0) and the
-policy stops moving (KL ~1e-5 per iteration, clip fraction 0) at a worse-than-random -450,000. A plausible cause,
-not yet tested: pushing the cart saturates the tanh, where the action no longer depends on the Gaussian sample and
-the likelihood-ratio gradient vanishes (the saturation trap of the BPTT learners, without a gradient through the
-physics to leave it). ``experiments/tune_race.toml`` searches ``init_std`` with the rest.
+policy stops moving (KL ~1e-5 per iteration, clip fraction 0) at a worse-than-random -450,000; a fixed scale of
+0.1 with the +-10 clip ends at -1,915 (explained variance 0.04). What the failed policies do (deterministic, 256
+reset states): none saturates the tanh (0% of steps with ``|tanh| > 0.99``, so it is not the saturation trap); each
+pushes with a nearly constant force (5.6 N at x = 0 falling to -0.2 N at x = 10 m; -3.4 N; -2.2 N), which tilts the
+hanging pole towards upright (angle cost 9.7 -> 6.9 per step in the first 25 steps) and carries the cart off the
+track, where the quadratic cost grows into the thousands per step: a myopic optimum, plausibly left uncorrected
+because one critic fits values over five orders of magnitude (one MSE over on- and off-track states).
+``experiments/tune_race.toml`` searches ``init_std`` with the rest.
 
 Every simulated transition counts against the budget (``num_envs * unroll_length`` per iteration). Everything stays
 on ``run.device``; the only host syncs are the skip guard's, one per minibatch, as in the other trainers.
