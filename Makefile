@@ -69,8 +69,8 @@ optimal: ## results/optimal/: the pendulum's DP optimum per preset (PHYSICS="def
 	$(PYTHON) -m research.analysis.optimal --out $(RESULTS)/optimal --device $(DEVICE) $(if $(PHYSICS),--physics $(PHYSICS))
 	$(MAKE) --no-print-directory optimal-systems
 
-gap: ## results/gap/: the gap to the optimum taken apart per preset/system (PHYSICS=..., GAP_EXPERIMENTS=dirs), REPORT.md
-	$(PYTHON) -m research.analysis.gap --out $(RESULTS)/gap $(if $(PHYSICS),--physics $(PHYSICS)) $(if $(GAP_EXPERIMENTS),--experiments $(GAP_EXPERIMENTS))
+gap: ## results/gap/: the gap to the optimum taken apart per preset/system (PHYSICS=..., GAP_EXPERIMENTS=dirs, REUSE=1: learners only, against the reference rows already there), REPORT.md
+	$(PYTHON) -m research.analysis.gap --out $(RESULTS)/gap $(if $(PHYSICS),--physics $(PHYSICS)) $(if $(GAP_EXPERIMENTS),--experiments $(GAP_EXPERIMENTS)) $(if $(REUSE),--reuse-references)
 	$(PYTHON) scripts/gap_report.py $(RESULTS)/gap
 
 optimal-systems: ## results/optimal/<system>/: per-start trajectory-optimisation reference (OPTIMAL_SYSTEMS="cartpole acrobot"), REPORT.md

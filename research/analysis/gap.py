@@ -537,18 +537,74 @@ def pendulum_gap(physics: str, learners: list[dict[str, Any]], grid: int, coarse
         for row in rows:
             if row["discount"] == g:
                 row["reference_used"] = best[g][2]
+    rows += _learner_parts(learners, f"{grid}x{grid}", main.optimum, main.stationary, main.discounted, best, error)
+    return rows, dp_rows
+
+
+def _learner_parts(learners: list[dict[str, Any]], grid: str, optimum: float, stationary: float,
+                   discounted: dict[float, float], best: dict[float, tuple[float, float, str]],
+                   error: dict[Any, float]) -> list[dict]:
+    """A pendulum preset's learner rows: each learner's gap decomposed at its discount ``g`` against the DP returns
+    (``discounted[g]``), the better student ``best[g] = (R_dist, its action MAE, which)`` and the grid errors
+    (``error["optimum"]`` and ``error[g]``)."""
+    rows = []
     for learner in learners:
         g = 1.0 if learner["discount"] is None else float(learner["discount"])
+        if g not in best:
+            raise ValueError(f"{learner['physics']}: {learner['experiment']}/{learner['algo']} trained at discount {g:g}, "
+                             f"which has no reference rows (DP and students at {sorted(best)}); run make gap "
+                             f"PHYSICS={learner['physics']} without --reuse-references")
         distilled, mae, which = best[g]
-        parts = decompose(main.optimum, main.stationary, main.discounted[g], distilled, learner["learner_return"])
+        parts = decompose(optimum, stationary, discounted[g], distilled, learner["learner_return"])
         errors = {"stationarity": error["optimum"] + error[1.0], "objective": error[1.0] + error[g],
                   "representation": error[g], "optimisation": 0.0}
-        rows.append({**learner, "role": "learner", "grid": f"{grid}x{grid}", "optimum": main.optimum,
-                     "stationary": main.stationary, "discounted": main.discounted[g], "distilled": distilled,
-                     "distill_mae": mae, "reference": which, **parts,
-                     **{f"{name}_dp_error": errors[name] for name in PARTS},
+        rows.append({**learner, "role": "learner", "grid": grid, "optimum": optimum, "stationary": stationary,
+                     "discounted": discounted[g], "distilled": distilled, "distill_mae": mae, "reference": which,
+                     **parts, **{f"{name}_dp_error": errors[name] for name in PARTS},
                      "within_dp_error": " ".join(n for n in PARTS if abs(parts[n]) <= errors[n] and errors[n] > 0)})
-    return rows, dp_rows
+    return rows
+
+
+def _system_parts(learners: list[dict[str, Any]], optimum: float, stationary: float, distilled: float,
+                  mae: float) -> list[dict]:
+    """A system's learner rows (no grid DP: the objective part undefined, no grid error)."""
+    rows = []
+    for learner in learners:
+        parts = decompose(optimum, stationary, None, distilled, learner["learner_return"])
+        rows.append({**learner, "role": "learner", "optimum": optimum, "stationary": stationary,
+                     "discounted": math.nan, "distilled": distilled, "distill_mae": mae, "reference": "mse", **parts,
+                     "within_dp_error": ""})
+    return rows
+
+
+def reused_gap(physics: str, learners: list[dict[str, Any]], summary: Sequence[dict[str, str]],
+               dp: Sequence[dict[str, str]]) -> list[dict]:
+    """Rows of one physics with ``learners`` decomposed against the reference rows already in ``summary`` (an
+    earlier ``summary.csv``: the DP returns, the students) and the grid errors of ``dp`` (``dp.csv``): no DP solve
+    and no distillation (``--reuse-references``, for learners added after the references were computed). Returns
+    those reference rows unchanged, then a row per learner; ``ValueError`` when the physics has no reference rows
+    or a learner's discount none of its own."""
+    refs = [row for row in summary if row["physics"] == physics and row["role"] == "reference"]
+    if not refs:
+        raise ValueError(f"--reuse-references: no reference rows for {physics!r} in the existing summary.csv; run "
+                         f"make gap PHYSICS={physics} without it first")
+    optimum, stationary = float(refs[0]["optimum"]), float(refs[0]["stationary"])
+    if physics not in PRESETS:
+        used = next(row for row in refs if row["reference"] == row["reference_used"])
+        return [*refs, *_system_parts(learners, optimum, stationary, float(used["distilled"]),
+                                      float(used["distill_mae"]))]
+    grid = refs[0]["grid"]
+    best = {float(row["discount"]): (float(row["distilled"]), float(row["distill_mae"]), row["reference"])
+            for row in refs if row["reference"] == row["reference_used"]}
+    discounted = {float(row["discount"]): float(row["discounted"]) for row in refs}
+    grids = {row["grid"]: row for row in dp if row["physics"] == physics}
+    main = grids[grid]
+    rough = next(row for name, row in grids.items() if name != grid)
+    error: dict[Any, float] = {"optimum": abs(float(main["optimum"]) - float(rough["optimum"]))}
+    for g in discounted:
+        key = f"discounted_{g:g}"
+        error[g] = abs(float(main[key]) - float(rough[key]))
+    return [*refs, *_learner_parts(learners, grid, optimum, stationary, discounted, best, error)]
 
 
 def system_gap(name: str, learners: list[dict[str, Any]], optimal_dir: Path, distill_config: DistillConfig,
@@ -565,12 +621,7 @@ def system_gap(name: str, learners: list[dict[str, Any]], optimal_dir: Path, dis
              "distilled": distilled.returns[-1], "distill_mae": distilled.mae,
              "distill_rounds": " ".join(f"{r:.2f}" for r in distilled.returns), "seconds": distilled.seconds,
              "reference": "mse", "reference_used": "mse"}]
-    for learner in learners:
-        parts = decompose(optimum, stationary, None, distilled.returns[-1], learner["learner_return"])
-        rows.append({**learner, "role": "learner", "optimum": optimum, "stationary": stationary,
-                     "discounted": math.nan, "distilled": distilled.returns[-1], "distill_mae": distilled.mae,
-                     "reference": "mse", **parts, "within_dp_error": ""})
-    return rows
+    return rows + _system_parts(learners, optimum, stationary, distilled.returns[-1], distilled.mae)
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -622,6 +673,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=EVAL_EPISODES)
     parser.add_argument("--out", type=Path, default=Path("results/gap"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reuse-references", action="store_true",
+                        help="decompose the learners against the reference rows already in <out> (no DP, no "
+                             "distillation): for learners added since; the reference rows keep their invocation")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -640,11 +694,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        args.value_steps) if args.value_horizons else None)
     start = time.perf_counter()
     rows, dp_rows = [], []
+    if args.reuse_references:
+        old_rows, _ = _kept(args.out / "summary.csv", set())
+        old_dp, _ = _kept(args.out / "dp.csv", set())
+        dp_rows = [row for row in old_dp if row["physics"] in selected]
     progress = tqdm(selected, desc="gap", disable=args.quiet, unit="physics")
     for physics in progress:
         progress.set_postfix_str(physics)
         mine = [r for r in learners if r["physics"] == physics]
-        if physics in PRESETS:
+        if args.reuse_references:
+            try:
+                new = reused_gap(physics, mine, old_rows, old_dp)
+            except ValueError as err:
+                raise SystemExit(str(err)) from None
+        elif physics in PRESETS:
             new, new_dp = pendulum_gap(physics, mine, args.grid, args.coarse_grid, args.actions, config,
                                        args.episodes, args.quiet, value_config)
             dp_rows += new_dp
@@ -653,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += new
         if not args.quiet:
             for row in new:
-                tqdm.write(f"{physics:>15} {row['experiment']:>16} {row['algo']:>22}  return {row['learner_return']:9.2f}"
+                tqdm.write(f"{physics:>15} {row['experiment']:>16} {row['algo']:>22}  return {float(row['learner_return']):9.2f}"
                            + (f"  gap {row['gap']:7.2f} = " + " + ".join(f"{row[p]:.2f}" for p in PARTS)
                               if row["role"] == "learner" else ""))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -673,7 +736,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "episodes": args.episodes,
                   **code_state(paths), "versions": library_versions(), "device": device_description("cpu"),
                   "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
-    invocations = [inv for inv in previous.get("invocations", []) if set(inv["physics"]) - set(selected)]
+    invocations = previous.get("invocations", [])
+    if args.reuse_references:  # the reference rows stand from the invocations that computed them
+        invocation["references"] = "reused: the learners decomposed against the reference rows of the invocations above"
+    else:
+        invocations = [inv for inv in invocations if set(inv["physics"]) - set(selected)]
     record = {"horizon": EVAL_HORIZON, "experiments": [str(p) for p in args.experiments], "invocations": [*invocations, invocation]}
     config_path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.out / 'summary.csv'}, dp.csv and config.json")

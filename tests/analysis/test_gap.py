@@ -2,12 +2,15 @@
 a value-based student that beats it through a loss differentiable end to end, and a discounted-DP part that vanishes
 at the protocol's discount. Tiny grids and budgets."""
 
+import csv
+import io
 import math
 
 import pytest
 import torch
 
 from research.analysis.gap import (
+    COLUMNS,
     PARTS,
     DistillConfig,
     GridValue,
@@ -20,8 +23,11 @@ from research.analysis.gap import (
     learner_rows,
     objective_discount,
     observation_teacher,
+    pendulum_gap,
     protocol_return,
+    reused_gap,
     solve_discounted,
+    to_csv,
     value_distill,
     value_loss,
     visited_states,
@@ -184,3 +190,29 @@ def test_value_based_student_scores_at_least_as_well_as_the_mse_one(small_dp):
     # a tiny MSE budget leaves a student that does not swing up; 80 steps on the DP's objective make one that does
     assert valued.returns[-1] >= mse.returns[-1]
     assert valued.returns[-1] > -300 > mse.returns[-1]
+
+
+def test_learners_added_later_reuse_the_reference_rows():
+    """--reuse-references: a learner decomposed against summary.csv's reference rows and dp.csv's grids (no DP, no
+    distillation) gets the parts a full run gives it; a discount without reference rows is a one-line error."""
+    learner = {"experiment": "exp", "physics": "default", "algo": "bptt", "n_seeds": 3, "learner_return": -160.5,
+               "learner_median": -158.0, "discount": 0.98}
+    rows, dp = pendulum_gap("default", [learner], grid=31, coarse=21, actions=5, episodes=64, quiet=True,
+                            distill_config=DistillConfig(rounds=1, starts=8, steps=5, batch=128))
+
+    def through_csv(table, columns):
+        return list(csv.DictReader(io.StringIO(to_csv(table, columns))))
+
+    summary = through_csv(rows, COLUMNS)
+    dp_csv = through_csv(dp, list(dict.fromkeys(k for row in dp for k in row)))
+    again = reused_gap("default", [learner], summary, dp_csv)
+    references = [row for row in summary if row["role"] == "reference"]
+    assert again[:len(references)] == references  # the reference rows stand as they were
+    full, reused = rows[-1], again[-1]
+    assert reused["role"] == "learner" and reused["reference"] == full["reference"]
+    for key in ("gap", *PARTS, *(f"{p}_dp_error" for p in PARTS), "distilled", "optimum", "stationary"):
+        assert reused[key] == full[key], key  # floats survive the CSV exactly (repr)
+    with pytest.raises(ValueError, match="discount 0.95.*PHYSICS=default"):
+        reused_gap("default", [{**learner, "discount": 0.95}], summary, dp_csv)
+    with pytest.raises(ValueError, match="no reference rows for 'wall'"):
+        reused_gap("wall", [], summary, dp_csv)
