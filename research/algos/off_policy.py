@@ -20,6 +20,7 @@ episodes and generator. Runs on TorchRL's Collector (``env.backend = "gymnasium"
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -229,6 +230,29 @@ class OffPolicy(Checkpointable):
 
     def update(self, sample: TensorDictBase) -> Tensor:
         raise NotImplementedError
+
+    def delayed_update(self, critic_loss: Tensor, q_mean: Tensor, actor_loss: Callable[[], Tensor],
+                       target_update: Callable[[], None]) -> Tensor:
+        """TD3's delayed step (TD3 and the parallel TD3): a critic step on ``critic_loss``; every ``policy_delay``-th
+        one also an actor step on ``actor_loss()`` and ``target_update()``. Needs ``critic_optimizer``,
+        ``critic_params``, ``critic_guard``, their actor twins and ``critic_updates`` on the subclass. Returns
+        ``[loss_actor, loss_critic, mean Q]`` (NaN where skipped)."""
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        nan = critic_loss.new_full((), float("nan"))
+        if self.critic_guard.clip(critic_loss, self.critic_params) is None:
+            return torch.stack([nan, nan, nan])
+        self.critic_optimizer.step()
+        self.critic_updates += 1
+        loss = nan
+        if self.critic_updates % self.config.policy_delay == 0:
+            loss = actor_loss()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.actor_guard.clip(loss, self.actor_params) is not None:
+                self.actor_optimizer.step()
+            target_update()
+        return torch.stack([loss.detach(), critic_loss.detach(), q_mean])
 
     def step(self, iteration: int) -> dict[str, Any]:
         batch = next(self.batches).reshape(-1)

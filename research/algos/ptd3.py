@@ -307,22 +307,8 @@ class PTD3(OffPolicy):
         """One critic step on ``sample``; every ``policy_delay``-th also an actor step and the soft target update.
         Returns ``[loss_actor, loss_critic, mean Q]`` (NaN where skipped)."""
         critic_loss, q = self.losses.critic_loss(sample)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        nan = critic_loss.new_full((), float("nan"))
-        if self.critic_guard.clip(critic_loss, self.critic_params) is None:
-            return torch.stack([nan, nan, nan])
-        self.critic_optimizer.step()
-        self.critic_updates += 1
-        actor_loss = nan
-        if self.critic_updates % self.config.policy_delay == 0:
-            actor_loss = self.losses.actor_loss(sample["observation"])
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            if self.actor_guard.clip(actor_loss, self.actor_params) is not None:
-                self.actor_optimizer.step()
-            self.losses.soft_update(self.config.tau)
-        return torch.stack([actor_loss.detach(), critic_loss.detach(), q.mean()])
+        return self.delayed_update(critic_loss, q.mean(), lambda: self.losses.actor_loss(sample["observation"]),
+                                   lambda: self.losses.soft_update(self.config.tau))
 
     def step(self, iteration: int) -> dict[str, Any]:
         batch = next(self.batches)  # [num_envs, steps per environment]

@@ -76,22 +76,8 @@ class TD3(OffPolicy):
 
     def update(self, sample: TensorDictBase) -> torch.Tensor:
         critic_loss, info = self.loss_module.value_loss(sample)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        nan = critic_loss.new_full((), float("nan"))
-        if self.critic_guard.clip(critic_loss, self.critic_params) is None:
-            return torch.stack([nan, nan, nan])
-        self.critic_optimizer.step()
-        actor_loss = nan
-        self.critic_updates += 1
-        if self.critic_updates % self.config.policy_delay == 0:
-            actor_loss, _ = self.loss_module.actor_loss(sample)
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            if self.actor_guard.clip(actor_loss, self.actor_params) is not None:
-                self.actor_optimizer.step()
-            self.target_updater.step()
-        return torch.stack([actor_loss.detach(), critic_loss.detach(), info["pred_value"].mean()])
+        return self.delayed_update(critic_loss, info["pred_value"].mean(),
+                                   lambda: self.loss_module.actor_loss(sample)[0], self.target_updater.step)
 
 
 def train_td3(config: TD3Config, writer: Writer | None = None, quiet: bool = False) -> dict:
