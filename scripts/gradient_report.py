@@ -13,6 +13,10 @@ A study on several physics presets (its CSV's ``physics`` column; a CSV without 
 three figures per preset under ``figures/<preset>/`` and findings per preset, plus figures with one line per preset
 (:data:`PHYSICS_FIGURES`: the first-order and the zeroth-order variance and norm of the mean against H, and their
 variance ratio) and per-preset tables at a few horizons (:data:`TABLE_HORIZONS`, or the nearest measured ones).
+Rows may come from several systems (``physics`` entries such as ``cartpole`` and ``acrobot``; ``config.json`` says
+each one's system, preset, time step and action-noise std): the horizon axis then names each task's time step, the
+cross-preset variance findings compare presets within a system, and the text speaks of each system's reset and
+action units; a study on the pendulum alone reads as before.
 """
 
 from __future__ import annotations
@@ -58,6 +62,12 @@ RESOLVED_RELATIVE_SE = 0.5
 TEXT_COLUMNS = ("physics", "policy", "estimator", "lr_baseline")
 #: The preset of rows from a CSV without a ``physics`` column (studies before it had one).
 DEFAULT_PHYSICS = "default"
+#: The system and time step (s) of a task that ``config.json`` does not describe (studies of the pendulum alone,
+#: before they recorded them).
+DEFAULT_SYSTEM = "pendulum"
+DEFAULT_TIME_STEP = 0.05
+#: The horizon axis' label when every task steps ``DEFAULT_TIME_STEP`` (the pendulum's).
+XLABEL = f"horizon H (steps of {DEFAULT_TIME_STEP:g} s)"
 INTEGER_COLUMNS = ("horizon", "samples")
 
 
@@ -104,6 +114,25 @@ def preset_rows(rows: Sequence[Mapping[str, Any]], physics: str) -> list[Mapping
     return [r for r in rows if (r.get("physics") or DEFAULT_PHYSICS) == physics]
 
 
+def task(info: Mapping[str, Any], physics: str) -> dict[str, Any]:
+    """What ``config.json`` says of one task: its ``system`` and ``preset`` (the pendulum and the entry itself when it
+    does not say), ``time_step``, ``description``, ``sigma`` (the std of the action noise) and ``max_action`` when
+    recorded."""
+    recorded = dict(info.get("physics", {}).get(physics, {}))
+    return {"system": DEFAULT_SYSTEM, "preset": physics, "time_step": DEFAULT_TIME_STEP, **recorded}
+
+
+def horizon_label(info: Mapping[str, Any], presets: Sequence[str]) -> str:
+    """The horizon axis' label: :data:`XLABEL` when every task of ``presets`` steps alike (the pendulum's 0.05 s),
+    else each time step with its tasks."""
+    steps: dict[float, list[str]] = {}
+    for name in presets:
+        steps.setdefault(task(info, name)["time_step"], []).append(name)
+    if len(steps) == 1:
+        return f"horizon H (steps of {next(iter(steps)):g} s)"
+    return "horizon H (steps: " + "; ".join(f"{dt:g} s on {', '.join(names)}" for dt, names in steps.items()) + ")"
+
+
 def table_horizons(horizons: Sequence[int], wanted: Sequence[int] = TABLE_HORIZONS) -> list[int]:
     """Each of ``wanted``, or the measured horizon nearest to it on a log scale (ties: the smaller), without
     repeats, sorted."""
@@ -137,13 +166,12 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def plot_study(rows: Sequence[Mapping[str, Any]], figures: Path, samples: int) -> None:
+def plot_study(rows: Sequence[Mapping[str, Any]], figures: Path, samples: int, xlabel: str = XLABEL) -> None:
     """``gradient_norm.png``, ``gradient_variance.png`` and ``cosine.png`` against the horizon, log-log."""
     figures.mkdir(parents=True, exist_ok=True)
     policies = _policies(rows)
     colors = {"first_order": "tab:blue", "likelihood_ratio": "tab:orange"}
     styles = {"random": ("--", "o"), "trained": ("-", "s")}
-    xlabel = "horizon H (steps of 0.05 s)"
 
     def lines(ax: Any, key: str) -> None:
         for policy in policies:
@@ -201,7 +229,7 @@ def plot_study(rows: Sequence[Mapping[str, Any]], figures: Path, samples: int) -
     plt.close(fig)
 
 
-def plot_physics(rows: Sequence[Mapping[str, Any]], figures: Path) -> None:
+def plot_physics(rows: Sequence[Mapping[str, Any]], figures: Path, xlabel: str = XLABEL) -> None:
     """The cross-preset figures (:data:`PHYSICS_FIGURES`), one line per preset, log-log against the horizon.
 
     ``physics_first_order.png`` and ``physics_zeroth_order.png``: the trace of the per-sample covariance (top) and
@@ -212,7 +240,6 @@ def plot_physics(rows: Sequence[Mapping[str, Any]], figures: Path) -> None:
     presets, policies = physics_presets(rows), _policies(rows)
     colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(presets)}
     markers = "osd^v<>phX*"
-    xlabel = "horizon H (steps of 0.05 s)"
 
     def line(ax: Any, physics: str, h: np.ndarray, y: np.ndarray) -> None:
         ax.loglog(h, y, marker=markers[presets.index(physics) % len(markers)], markersize=4, color=colors[physics],
@@ -338,35 +365,50 @@ def regenerate_command(exp_dir: Path) -> str:
     return f"make experiment EXP={exp_dir.name}{extra}"
 
 
-def physics_findings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Statements comparing the presets of ``rows``, each computed from them: per policy, the first-order variance at
-    the largest horizon against default physics (else the first preset) with its growth in H, and from which
-    horizon on first order is no longer the lower-variance estimator."""
-    presets = physics_presets(rows)
-    reference = DEFAULT_PHYSICS if DEFAULT_PHYSICS in presets else presets[0]
+def physics_findings(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any] | None = None) -> list[str]:
+    """Statements comparing the presets of ``rows``, each computed from them: per policy and system (``info``, the
+    study's ``config.json``, says each task's; the pendulum when it does not), the first-order variance at the
+    largest horizon against that system's default physics (else its first preset) with its growth in H (the return's
+    scale is each system's own, so variances are compared within a system only), and from which horizon on first
+    order is no longer the lower-variance estimator."""
+    info = info or {}
+    groups: dict[str, list[str]] = {}
+    for name in physics_presets(rows):
+        groups.setdefault(task(info, name)["system"], []).append(name)
     findings = []
     for policy in _policies(rows):
         series = {}
-        for physics in presets:
+        for physics in physics_presets(rows):
             chosen = preset_rows(rows, physics)
             h, var_fo = _series(chosen, policy, "first_order", "variance_total")
             _, var_lr = _series(chosen, policy, "likelihood_ratio", "variance_total")
             if len(h):
                 series[physics] = (h, var_fo, var_lr)
-        if reference not in series:
-            continue
-        ref_h, ref_var, _ = series[reference]
-        last = {p: (h[-1], v[-1]) for p, (h, v, _) in series.items()}
-        order = sorted(series, key=lambda p: -last[p][1])
-        findings.append(
-            f"**{policy} policy, first-order variance across presets:** at the largest horizon (H = "
-            f"{_horizon_list(sorted({int(hh) for hh, _ in last.values()}))}), relative to {reference} "
-            f"({ref_var[-1]:.3g}): "
-            + ", ".join(f"{p} {last[p][1] / ref_var[-1]:.3g}x" for p in order)
-            + ". Log-log slope of the variance against H: "
-            + ", ".join(f"{p} {_loglog_slope(series[p][0], series[p][1]):.2f}" for p in order)
-            + "."
-        )
+        for system, group in groups.items():
+            members = [p for p in group if p in series]
+            reference = next((p for p in group if task(info, p)["preset"] == DEFAULT_PHYSICS), group[0])
+            if reference not in series:
+                continue
+            last = {p: (series[p][0][-1], series[p][1][-1]) for p in members}
+            if len(members) == 1:
+                findings.append(
+                    f"**{policy} policy, first-order variance on {reference}:** {last[reference][1]:.3g} at the "
+                    f"largest horizon (H = {last[reference][0]}); log-log slope against H "
+                    f"{_loglog_slope(*series[reference][:2]):.2f}."
+                )
+                continue
+            ref_var = series[reference][1]
+            order = sorted(members, key=lambda p: -last[p][1])
+            findings.append(
+                f"**{policy} policy, first-order variance across "
+                + ("presets" if len(groups) == 1 else f"the {system}'s presets")
+                + f":** at the largest horizon (H = {_horizon_list(sorted({int(hh) for hh, _ in last.values()}))}), "
+                f"relative to {reference} ({ref_var[-1]:.3g}): "
+                + ", ".join(f"{p} {last[p][1] / ref_var[-1]:.3g}x" for p in order)
+                + ". Log-log slope of the variance against H: "
+                + ", ".join(f"{p} {_loglog_slope(series[p][0], series[p][1]):.2f}" for p in order)
+                + "."
+            )
         crossings = []
         for physics, (h, var_fo, var_lr) in series.items():
             ratio = var_fo / var_lr
@@ -431,8 +473,20 @@ def study_report(exp_dir: Path, columns: Sequence[str], rows: Sequence[Mapping[s
     baseline = config["likelihood_ratio_baseline"]
     presets = physics_presets(rows)
     multi = len(presets) > 1
-    where = (f"on each of {len(presets)} physics presets" if multi else
+    tasks = {name: task(info, name) for name in presets}
+    systems = list(dict.fromkeys(t["system"] for t in tasks.values()))
+    pendulum = systems == [DEFAULT_SYSTEM]  # the pendulum alone: the text of the pendulum's studies
+    where = (f"on each of {len(presets)} physics presets" if multi and pendulum else
+             f"on each of {len(presets)} tasks ({', '.join(systems)})" if multi else
              "default physics" if presets == [DEFAULT_PHYSICS] else f"{presets[0]} physics")
+    reset = ("Gymnasium's reset distribution" if pendulum else f"the {systems[0]}'s reset distribution"
+             if len(systems) == 1 else "each system's reset distribution")
+    if config.get("action_noise_scale", "absolute") == "max_action":
+        sigma = (f"σ = {config['action_noise']} × each task's max action ("
+                 + ", ".join(f"{name}: {t['sigma']:g}" for name, t in tasks.items()) + ")")
+    else:
+        sigma = (f"σ = {config['action_noise']} N m" if pendulum else f"σ = {config['action_noise']} in each "
+                 "system's action units (N m for a torque, N for the cart-pole's force)")
     lines = [
         f"# Gradient study: {exp_dir.name}",
         "",
@@ -449,9 +503,8 @@ def study_report(exp_dir: Path, columns: Sequence[str], rows: Sequence[Mapping[s
         "## What was measured",
         "",
         f"For each policy and horizon H in {config['horizons']}, {config['samples']} independent samples (initial "
-        f"state from Gymnasium's reset distribution, {where}, Gaussian action noise of std "
-        f"σ = {config['action_noise']} N m added after the tanh squash) per estimator, in {config['dtype']}, "
-        f"differentiated {config['chunk']} at a time and streamed into the statistics. Both estimators estimate the "
+        f"state from {reset}, {where}, Gaussian action noise of std {sigma} added after the tanh squash) per "
+        f"estimator, in {config['dtype']}, differentiated {config['chunk']} at a time and streamed into the statistics. Both estimators estimate the "
         "gradient of the same smoothed objective E[R_H], R_H the undiscounted H-step return:",
         "",
         "- **first order (BPTT)**: ∇θ R_H with a_t = μθ(s_t) + σ ε_t, differentiated through the policy and the "
@@ -460,7 +513,23 @@ def study_report(exp_dir: Path, columns: Sequence[str], rows: Sequence[Mapping[s
         f"{LR_BASELINE_FORMULAS.get(baseline, baseline)}.",
         "",
     ]
-    if multi:
+    if multi and not pendulum:
+        lines += [
+            "The tasks (`research/systems/`: a system and one of its physics presets each): initial states from the "
+            "system's reset (in a wall's range where the pendulum has one), the per-episode parameters drawn once per "
+            "sample where the preset has ranges, and the noise of the step (the pendulum's torque noise) drawn per "
+            "sample and step where it has noise. The first-order estimator reparameterises that noise like the "
+            "action noise; for the zeroth-order one it is environment noise (not in the score; the noise-free "
+            "baseline rollout replays it). The presets of one system meet the same initial-state and action-noise "
+            "draws (common random numbers), so differences between them are paired. Each system has its own cost, "
+            "so its returns, norms and variances have their own scale: compare the estimators within a task (their "
+            "variance ratio, the cosine), not one system's variance with another's.",
+            "",
+            *(f"- **{name}** ({t['system']}, {t['time_step']:g} s per step, σ = {t['sigma']:g}): "
+              f"{t.get('description', '')}" for name, t in tasks.items()),
+            "",
+        ]
+    elif multi:
         descriptions = info.get("physics", {})
         lines += [
             "The presets (`research/envs/presets.py`): initial states in a wall's range where there is one, the "
@@ -492,15 +561,15 @@ def study_report(exp_dir: Path, columns: Sequence[str], rows: Sequence[Mapping[s
         by_physics = info.get("physics_policies", {})
         for name in presets:
             lines += [f"- on {name}:", *(f"  {line}" for line in _policy_lines(by_physics.get(name, {})))]
-        lines += ["", "## Findings", "", "### Across presets", "",
-                  *(f"- {f}" for f in physics_findings(rows)), ""]
+        lines += ["", "## Findings", "", f"### Across {'presets' if pendulum else 'tasks'}", "",
+                  *(f"- {f}" for f in physics_findings(rows, info)), ""]
         for name in presets:
             figure_links = ", ".join(f"[{f.removesuffix('.png').replace('_', ' ')}](figures/{name}/{f})"
                                      for f in FIGURES)
             lines += [f"### {name}", "", *(f"- {f}" for f in study_findings(preset_rows(rows, name),
                                                                             config["samples"])),
                       f"- Figures: {figure_links}.", ""]
-        lines += ["## Presets at a few horizons", "",
+        lines += [f"## {'Presets' if pendulum else 'Tasks'} at a few horizons", "",
                   "FO = first order (BPTT), ZO = zeroth order (likelihood ratio); variance = trace of the per-sample "
                   "covariance; the cosine is between the two mean gradients.", "", *physics_tables(rows)]
         table_columns = list(columns)
@@ -539,16 +608,19 @@ def study_report(exp_dir: Path, columns: Sequence[str], rows: Sequence[Mapping[s
     return "\n".join(lines)
 
 
-def draw_figures(rows: Sequence[Mapping[str, Any]], figures: Path, samples: int) -> list[Path]:
+def draw_figures(rows: Sequence[Mapping[str, Any]], figures: Path, samples: int,
+                 info: Mapping[str, Any] | None = None) -> list[Path]:
     """Every figure of the report: :data:`FIGURES` in ``figures`` for one preset; for several, :data:`FIGURES` per
-    preset in ``figures/<preset>/`` and :data:`PHYSICS_FIGURES` in ``figures``. Returns the paths written."""
+    preset in ``figures/<preset>/`` and :data:`PHYSICS_FIGURES` in ``figures``; the horizon axis in each task's time
+    step (``info``, the study's ``config.json``: :func:`horizon_label`). Returns the paths written."""
+    info = info or {}
     presets = physics_presets(rows)
     if len(presets) == 1:
-        plot_study(rows, figures, samples)
+        plot_study(rows, figures, samples, horizon_label(info, presets))
         return [figures / f for f in FIGURES]
     for name in presets:
-        plot_study(preset_rows(rows, name), figures / name, samples)
-    plot_physics(rows, figures)
+        plot_study(preset_rows(rows, name), figures / name, samples, horizon_label(info, [name]))
+    plot_physics(rows, figures, horizon_label(info, presets))
     return [figures / name / f for name in presets for f in FIGURES] + [figures / f for f in PHYSICS_FIGURES]
 
 
@@ -558,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     exp_dir = experiment_dir(args.experiment_dir)
     columns, rows, info = load_study(exp_dir)
-    written = draw_figures(rows, exp_dir / "figures", info["config"]["samples"])
+    written = draw_figures(rows, exp_dir / "figures", info["config"]["samples"], info)
     report = exp_dir / "REPORT.md"
     tmp = report.with_name(f".REPORT.{os.getpid()}.tmp.md")
     with np.errstate(divide="ignore", invalid="ignore"):  # a zero median norm (every torque clipped) reads inf

@@ -59,8 +59,7 @@ def test_the_estimates_are_the_gradient_studys_per_sample_estimators():
     horizon = 10
     system, policy, state, params, eps = problem(horizon=horizon)
     estimates = blend_estimates(policy, system, state, params, horizon, 1.0, 0.3, "action", eps)
-    th, thdot = state.unbind(-1)
-    args = (policy, th, thdot, params, horizon, eps.squeeze(-1), 0.3)
+    args = (policy, system, state, params, horizon, eps, 0.3)
     first = first_order_gradients(*args).gradients
     zeroth = likelihood_ratio_gradients(*args, baseline="reward_to_go_baseline").gradients
     assert torch.allclose(estimates.first_order, -first / horizon, rtol=1e-8, atol=1e-12)

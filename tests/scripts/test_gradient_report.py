@@ -168,3 +168,75 @@ def test_table_horizons_and_csvs_without_a_physics_column(tmp_path, report_modul
     assert "physics" not in columns and {r["physics"] for r in rows} == {"default"}
     assert run_report(old).returncode == 0
     assert "\n| random | 1 | first_order |" in (old / "REPORT.md").read_text()
+
+
+def test_a_pendulum_study_reads_the_same_with_the_tasks_recorded(tmp_path, report_module):
+    # config.json now records each task's system, preset, time step, action bound and sigma; on the pendulum alone the
+    # report is the one written from a config.json without them (the committed studies').
+    out = tmp_path / "results" / "multi"
+    multi_preset_study(out)
+    assert report_module.main([str(out)]) == 0
+    before = (out / "REPORT.md").read_text()
+    info = json.loads((out / "config.json").read_text())
+    info["config"]["action_noise_scale"] = "absolute"
+    for name, preset in info["physics"].items():
+        preset.update(system="pendulum", preset=name, time_step=0.05, max_action=2.0, sigma=0.3)
+    (out / "config.json").write_text(json.dumps(info))
+    assert report_module.main([str(out)]) == 0
+    assert (out / "REPORT.md").read_text() == before
+    assert report_module.horizon_label(info, ["default", "wall"]) == report_module.XLABEL == \
+        "horizon H (steps of 0.05 s)"
+
+
+def system_study(exp_dir: Path) -> None:
+    """The pendulum, the cart-pole and the acrobot, two policies, sigma = 0.15 x each one's max action: zeroth-order
+    variance 1 everywhere, first order ``c * H`` (``c`` = 1e-3, 0.04 and 0.5)."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    scale = {"default": 1e-3, "cartpole": 0.04, "acrobot": 0.5}
+    rows = [{"physics": ph, "policy": p, "horizon": h, "estimator": e, "lr_baseline": "reward_to_go_baseline",
+             "grad_norm": 1.0, "mean_sample_norm": 2.0, "median_sample_norm": 1.0, "variance_mean": 0.01,
+             "variance_total": scale[ph] * h if e == "first_order" else 1.0, "relative_se": 0.01, "cosine": 0.99,
+             "cosine_se": 0.001, "return_mean": -3.0 * h, "samples": 100}
+            for ph in scale for p in ("random", "trained") for h in (1, 10, 100) for e in ESTIMATORS]
+    (exp_dir / "gradient_study.csv").write_text(rows_to_csv(rows))
+    config = {"description": "synthetic", "horizons": [1, 10, 100], "samples": 100, "chunk": 50, "dtype": "float64",
+              "action_noise": 0.15, "action_noise_scale": "max_action",
+              "likelihood_ratio_baseline": "reward_to_go_baseline", "physics": list(scale)}
+    tasks = {"default": ("pendulum", 0.05, 2.0, "Gymnasium Pendulum-v1"), "cartpole": ("cartpole", 0.02, 10.0, "a cart"),
+             "acrobot": ("acrobot", 0.2, 2.0, "two links")}
+    physics = {name: {"description": text, "fixed": {}, "ranges": {}, "system": system, "preset": "default",
+                      "time_step": dt, "max_action": bound, "sigma": 0.15 * bound}
+               for name, (system, dt, bound, text) in tasks.items()}
+    policy = {"source": "made up", "parameters": 5, "training_eval": None,
+              "eval": {"return_mean": -1200.0, "success_rate": 0.0}}
+    (exp_dir / "config.json").write_text(json.dumps({
+        "experiment": exp_dir.name, "source": f"experiments/{exp_dir.name}.toml", "config": config, "physics": physics,
+        "physics_policies": {ph: {"random": policy, "trained": policy} for ph in scale},
+        "jackknife_groups": 20, "wall_time_s": 1.0, "git_commit": "abc", "device": "cpu"}))
+
+
+def test_a_study_across_systems_speaks_of_each_system(tmp_path, report_module):
+    out = tmp_path / "results" / "systems"
+    system_study(out)
+    assert report_module.main([str(out)]) == 0
+    for name in report_module.PHYSICS_FIGURES:
+        assert (out / "figures" / name).is_file(), name
+    for task in ("default", "cartpole", "acrobot"):
+        for name in report_module.FIGURES:
+            assert (out / "figures" / task / name).is_file(), (task, name)
+    _, _, info = report_module.load_study(out)
+    assert report_module.horizon_label(info, ["default", "cartpole", "acrobot"]) == \
+        "horizon H (steps: 0.05 s on default; 0.02 s on cartpole; 0.2 s on acrobot)"
+    assert report_module.horizon_label(info, ["cartpole"]) == "horizon H (steps of 0.02 s)"
+    report = (out / "REPORT.md").read_text()
+    assert "initial state from each system's reset distribution, on each of 3 tasks (pendulum, cartpole, acrobot)" \
+        in report
+    assert "σ = 0.15 × each task's max action (default: 0.3, cartpole: 1.5, acrobot: 0.3)" in report
+    assert "- **cartpole** (cartpole, 0.02 s per step, σ = 1.5): a cart" in report
+    for pendulum_only in ("Gymnasium's reset", " N m", "research/envs/presets.py", "steps of 0.05 s"):
+        assert pendulum_only not in report, pendulum_only
+    # Variances are compared within a system only (each has its own cost); the crossings are per task.
+    assert "**random policy, first-order variance on cartpole:** 4 at the largest horizon (H = 100)" in report
+    assert "relative to default" not in report
+    assert "cartpole: from H = 100 on (ratio 0.4 at H = 10, 4 at H = 100)" in report
+    assert "acrobot: from H = 10 on (ratio 0.5 at H = 1, 5 at H = 10)" in report
