@@ -285,6 +285,13 @@ class ExperimentConfig:
     or a system's preset as 'system:preset' (cartpole:heavy_pole). Each run trains and is scored on it (``env.system``
     and ``env.physics``; ``eval.physics`` follows) and lives in ``<experiment>/<entry>/<algo>/seed_<k>`` (':' written
     '-'). Empty: one physics per algorithm, its table's ``env``, and runs in ``<experiment>/<algo>/seed_<k>``."""
+    tables_from: str = ""
+    """Another experiment file (relative to this one's folder, e.g. 'tuned/tune_race.toml') whose algorithm and
+    variant tables this file may run by name, as they run on its ``tables_at`` entry: settings tuned once reused on
+    other physics. This file's own table of the same name replaces an imported one."""
+    tables_at: str = ""
+    """The entry of tables_from's experiment.physics whose per-physics settings (``[<table>.by_physics.<entry>]``)
+    the imported tables take; needed when any of them has some."""
     order: Literal["physics", "algos"] = "physics"
     """Which axis the runs go through slowest: 'physics' (every algorithm on the first physics, then the next) or
     'algos' (the first algorithm on every physics, then the next: a cheap method's whole row finishes before an

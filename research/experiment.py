@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
@@ -208,6 +208,31 @@ def experiment_tables(path: Path, data: dict[str, Any]) -> dict[str, tuple[str, 
     return tables
 
 
+def imported_tables(path: Path, experiment: Mapping[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The tables of ``experiment.tables_from`` (``experiment`` is the raw ``[experiment]`` table of ``path``) as they
+    run on its ``tables_at`` entry, by_physics settings merged in (:func:`physics_table`); ``{}`` without one. A
+    missing file, or a missing or unknown ``tables_at`` where a table has per-physics settings, is a one-line
+    :class:`ConfigError`."""
+    source = experiment.get("tables_from", "")
+    if not source:
+        return {}
+    other = path.parent / source
+    if not other.is_file():
+        raise ConfigError(f"{path}: experiment.tables_from = {source!r}: no experiment file at {other}")
+    data = load_toml(other)
+    entries = data.get("experiment", {}).get("physics", [])
+    at = experiment.get("tables_at", "")
+    if at and at not in entries:
+        raise ConfigError(f"{path}: experiment.tables_at = {at!r} is not in {other}'s experiment.physics {entries}")
+    out = {}
+    for name, (algo, table) in experiment_tables(other, data).items():
+        if BY_PHYSICS_KEY in table and not at:
+            raise ConfigError(f"{path}: experiment.tables_at must name the entry of {other}'s experiment.physics "
+                              f"{entries} whose settings the imported tables take ([{name}.{BY_PHYSICS_KEY}])")
+        out[name] = (algo, physics_table(other, name, table, at or None, entries))
+    return out
+
+
 def _split_overrides(data: dict[str, Any], overrides: Sequence[str], tables: Sequence[str] = ALGOS
                      ) -> tuple[dict[str, Any], dict[str, list[str]], list[str]]:
     """``--set`` overrides of an experiment: ``(data with experiment.* set, {table: its own}, every algorithm's)``;
@@ -241,10 +266,11 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
     if GRADIENT_STUDY in data:
         raise ConfigError(f"{path} is a gradient study, not a set of training runs: run_experiment() hands it to "
                           "research.analysis.gradients")
-    tables = experiment_tables(path, data)
+    own = experiment_tables(path, data)
+    tables = {**imported_tables(path, data.get("experiment", {})), **own}
     data, per_algo, common = _split_overrides(data, overrides, list(tables))
     settings = from_dict(ExperimentConfig, data.get("experiment", {}), prefix="experiment.")
-    algos = settings.algos or list(tables)
+    algos = settings.algos or list(own)
     for algo in algos:
         if algo not in ALGOS and algo not in tables:
             raise ConfigError(f"{path}: unknown algorithm {algo!r} in experiment.algos; valid: "

@@ -386,6 +386,35 @@ def test_by_physics_tables_set_one_row_per_task(tmp_path):
         load_experiment(path, tmp_path)
 
 
+def test_tables_from_reuses_settings_tuned_on_one_entry(tmp_path):
+    """experiment.tables_from runs another file's tables, as on its tables_at entry (tuned once on default physics,
+    reused on the presets); the file's own table of that name wins; bad references are one-line errors."""
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned" / "race.toml").write_text(
+        '[experiment]\nphysics = ["default", "cartpole"]\n[bptt]\n'
+        '[bptt_tuned]\nalgo = "bptt"\nlr = 0.02\nhorizon = 32\n[bptt_tuned.by_physics.default]\nlr = 0.004\n'
+        '[bptt_tuned.by_physics.cartpole]\nlr = 0.05\n[shac_tuned]\nalgo = "shac"\nlr = 0.003\n')
+    path = tmp_path / "presets.toml"
+    body = ('[experiment]\nphysics = ["wall", "weak"]\nseeds = [0]\nalgos = ["bptt_tuned", "shac_tuned"]\n'
+            'tables_from = "tuned/race.toml"\n{at}{own}')
+    path.write_text(body.format(at='tables_at = "default"\n', own=""))
+    runs = {(run.physics, run.label): run.config for run in load_experiment(path, tmp_path).runs}
+    assert {p: (runs[p, "bptt_tuned"].lr, runs[p, "bptt_tuned"].horizon) for p in ("wall", "weak")} == {
+        "wall": (0.004, 32), "weak": (0.004, 32)}  # default's tuned settings, on each preset
+    assert runs["wall", "bptt_tuned"].env.physics == "wall" and runs["weak", "shac_tuned"].lr == 0.003
+    path.write_text(body.format(at='tables_at = "default"\n', own='[shac_tuned]\nalgo = "shac"\nlr = 0.001\n'))
+    assert {run.config.lr for run in load_experiment(path, tmp_path).runs if run.label == "shac_tuned"} == {0.001}
+    path.write_text(body.format(at="", own=""))
+    with pytest.raises(ConfigError, match=r"experiment.tables_at must name .*\[bptt_tuned.by_physics\]"):
+        load_experiment(path, tmp_path)
+    path.write_text(body.format(at='tables_at = "wall"\n', own=""))
+    with pytest.raises(ConfigError, match=r"tables_at = 'wall' is not in .*\['default', 'cartpole'\]"):
+        load_experiment(path, tmp_path)
+    path.write_text(body.format(at="", own="").replace("tuned/race.toml", "tuned/nothing.toml"))
+    with pytest.raises(ConfigError, match=r"tables_from = 'tuned/nothing.toml': no experiment file at"):
+        load_experiment(path, tmp_path)
+
+
 def test_order_algos_runs_each_method_on_every_physics_first(tmp_path):
     path = tmp_path / "order.toml"
     body = '[experiment]\nphysics = ["default", "weak"]\nseeds = [0]\n{order}[bptt]\n[shac]\n'
