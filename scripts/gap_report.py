@@ -187,9 +187,13 @@ def report(root: Path) -> str:
                                for r in dp]) + [""]
     out += ["## Provenance", ""]
     for inv in config.get("invocations", []):
-        out.append(f"- {' '.join(inv['physics'])}: commit `{inv.get('git_commit')}`"
-                   + (f", modified {inv['modified_paths']}" if inv.get("modified_paths") else "")
-                   + f", grid {inv.get('grid')} (coarse {inv.get('coarse_grid')}), distill {inv.get('distill')}, "
+        head = (f"- {' '.join(inv['physics'])}: commit `{inv.get('git_commit')}`"
+                + (f", modified {inv['modified_paths']}" if inv.get("modified_paths") else ""))
+        if inv.get("references"):  # make gap REUSE=1: learners only, no DP or student computed
+            out.append(f"{head}: the learner rows only ({inv['references']}; `--reuse-references`), "
+                       f"{inv.get('device')}, {inv.get('seconds', 0):.0f} s")
+            continue
+        out.append(f"{head}, grid {inv.get('grid')} (coarse {inv.get('coarse_grid')}), distill {inv.get('distill')}, "
                    f"value-based student {inv.get('value_distill') or 'none (MSE student only)'}, "
                    f"{inv.get('device')}, {inv.get('seconds', 0):.0f} s")
     out.append("")
