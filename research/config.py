@@ -292,6 +292,12 @@ class ExperimentConfig:
     tables_at: str = ""
     """The entry of tables_from's experiment.physics whose per-physics settings (``[<table>.by_physics.<entry>]``)
     the imported tables take; needed when any of them has some."""
+    env_steps: int = 0
+    """Every run's budget in environment steps (0: each table's own): each config is cut to it as the tuning driver
+    cuts its trials (``research.tune.fit_budget``: ``iterations`` or ``total_env_steps``, so learning-rate schedules
+    end with it) and capped there (``max_env_steps``): the same budget for every method."""
+    wall_time_s: float = 0.0
+    """Every run's cap in training seconds (``max_wall_time_s``; 0: each table's own)."""
     order: Literal["physics", "algos"] = "physics"
     """Which axis the runs go through slowest: 'physics' (every algorithm on the first physics, then the next) or
     'algos' (the first algorithm on every physics, then the next: a cheap method's whole row finishes before an
@@ -309,6 +315,9 @@ class ExperimentConfig:
                               f"({list(SYSTEMS)}) or 'system:preset', got unknown {unknown}")
         if len(set(self.physics)) != len(self.physics):
             raise ConfigError(f"experiment.physics must not repeat a preset, got {self.physics}")
+        if self.env_steps < 0 or not self.wall_time_s >= 0:
+            raise ConfigError(f"experiment.env_steps and experiment.wall_time_s must be >= 0 (0: each table's own "
+                              f"budget), got {self.env_steps} and {self.wall_time_s}")
 
 
 def physics_entry(entry: str) -> tuple[str, str, str]:

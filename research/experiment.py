@@ -47,6 +47,7 @@ An experiment file with a ``[gradient_study]`` table is a measurement, not a set
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -305,10 +306,28 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
                 config = resolve_config(algo, table, seed, overrides + per_algo.get(name, []) + extra)
             except ImportError as err:
                 raise ConfigError(f"algorithm {algo!r} is registered but cannot be imported: {err}") from None
+            try:
+                config = common_budget(config, settings)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: [{name}] under experiment.env_steps = {settings.env_steps}: {err}") from None
             folder = physics_entry(physics)[2] if physics else None
             runs.append(PlannedRun(algo, seed, config, run_dir(results, path.stem, name, seed, folder),
                                    config_hash(config), physics, "" if name == algo else name))
     return ExperimentPlan(path.stem, path, settings, Path(results) / path.stem, runs, given)
+
+
+def common_budget(config: Any, settings: ExperimentConfig) -> Any:
+    """``config`` under the experiment's common budget: cut to ``env_steps`` as the tuning driver cuts its trials
+    (:func:`research.tune.fit_budget`; a :class:`ConfigError` when one iteration or collector batch is larger) and
+    capped there, and capped at ``wall_time_s`` training seconds; unchanged where they are 0."""
+    from research.tune import fit_budget
+
+    if settings.env_steps:
+        config, _ = fit_budget(config, settings.env_steps)
+        config = dataclasses.replace(config, max_env_steps=settings.env_steps)
+    if settings.wall_time_s:
+        config = dataclasses.replace(config, max_wall_time_s=settings.wall_time_s)
+    return config
 
 
 def _finished_hash(directory: Path) -> str | None:

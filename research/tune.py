@@ -68,8 +68,9 @@ Output. When a search finishes, ``experiments/tuned/<stem>.toml`` is (re)written
 ``[experiment]`` table (``report_seeds``, the tasks as its physics axis) and, per method whose searches have finished
 on every task, its recipe row ``[<algo>]`` (its trainer's defaults; ``recipe_rows = false`` leaves it out) and its
 tuned row ``[<algo>_tuned]`` (a variant of the same trainer: the best trial's parameters, the settings that differ by
-task in ``[<algo>_tuned.by_physics.<task>]``), headed by comments naming the search that produced each. The budget cut (iterations, ``total_env_steps``) is left out of the tables (a comment gives it): the experiment
-that uses them sets its own budget.
+task in ``[<algo>_tuned.by_physics.<task>]``), headed by comments naming the search that produced each. Its
+``[experiment]`` table carries the tuning's budget (``env_steps``, ``wall_time_s``): the race cuts every row to it as
+the trials were cut (:func:`research.experiment.common_budget`), the budget the settings were chosen at.
 """
 
 from __future__ import annotations
@@ -370,13 +371,13 @@ def fit_budget(config: Any, env_steps: int) -> tuple[Any, dict[str, int]]:
         unit = getattr(config, "frames_per_batch", None) or getattr(config, "steps_per_iteration", None) or 1
         total = env_steps // unit * unit
         if total <= 0:
-            raise ConfigError(f"frames_per_batch={unit} is more than tune.env_steps={env_steps}")
+            raise ConfigError(f"frames_per_batch={unit} is more than the budget of {env_steps} env steps")
         return dataclasses.replace(config, total_env_steps=total), {"total_env_steps": total}
     per_iteration = getattr(config, "steps_per_iteration", None)
     if per_iteration and hasattr(config, "iterations"):
         iterations = env_steps // per_iteration
         if iterations < 1:
-            raise ConfigError(f"one iteration simulates {per_iteration} env steps, more than tune.env_steps="
+            raise ConfigError(f"one iteration simulates {per_iteration} env steps, more than the budget of "
                               f"{env_steps}")
         return dataclasses.replace(config, iterations=iterations), {"iterations": iterations}
     return config, {}
@@ -497,7 +498,8 @@ def _check_search(plan: TunePlan, search: Search) -> None:
     try:
         trial_config(plan, search, {}, seed)
     except ConfigError as err:
-        raise ConfigError(f"[{search.algo}] on task {search.task!r} under tune's budget: {err}") from None
+        raise ConfigError(f"[{search.algo}] on task {search.task!r} under tune.env_steps = {plan.settings.env_steps}: "
+                          f"{err}") from None
     except ImportError as err:
         raise ConfigError(f"algorithm {search.algo!r} is registered but cannot be imported: {err}") from None
     for param in search.params:
@@ -640,11 +642,12 @@ def write_tuned(plan: TunePlan, records: Mapping[str, Mapping[str, dict[str, Any
              f"# Each tuned table is the best trial of the search named above it ({settings.trials} trials, "
              f"{settings.env_steps} env steps and {settings.wall_time_s:g} s per run, tuning seeds {settings.seeds}, "
              f"evaluation seeds {settings.eval_seeds}, objective: {settings.objective} final eval return).",
-             "# The budget cut of tuning (iterations, total_env_steps) is left out: the rows run at their trainer's "
-             "budget unless a table sets one.",
+             "# Every row runs at the tuning's budget (experiment.env_steps and wall_time_s, the budget the settings "
+             "were chosen at; each config is cut to it as the trials were): change both there for another.",
              "", "[experiment]",
              f"description = {_toml_value(f'Tuned by {plan.path} on ' + ', '.join(tasks) + ': ' + ', '.join(algos))}",
              f"seeds = {_toml_value(settings.report_seeds)}", f"physics = {_toml_value(tasks)}",
+             f"env_steps = {_toml_value(settings.env_steps)}", f"wall_time_s = {_toml_value(settings.wall_time_s)}",
              f"algos = {_toml_value([n for a in algos for n in ([a] if settings.recipe_rows else []) + [tuned_name(a)]])}"]
     for algo in algos:
         if settings.recipe_rows:

@@ -415,6 +415,21 @@ def test_tables_from_reuses_settings_tuned_on_one_entry(tmp_path):
         load_experiment(path, tmp_path)
 
 
+def test_common_budget_cuts_every_method_alike(tmp_path):
+    """experiment.env_steps / wall_time_s: every run cut to the same env steps (iterations or total_env_steps, as the
+    tuning driver cuts its trials) and capped at the same training seconds; a bad value is a one-line error."""
+    path = tmp_path / "budget.toml"
+    path.write_text("[experiment]\nseeds = [0]\nenv_steps = 40_000\nwall_time_s = 30\n[bptt]\nnum_envs = 32\n"
+                    "horizon = 25\n[ddpg]\n[ppo]\nnum_envs = 64\nunroll_length = 16\n")
+    runs = {run.algo: run.config for run in load_experiment(path, tmp_path).runs}
+    assert runs["bptt"].iterations == 40_000 // (32 * 25) and runs["ddpg"].total_env_steps == 40_000
+    assert runs["ppo"].total_env_steps == 40_000 // 1024 * 1024
+    assert {(c.max_env_steps, c.max_wall_time_s) for c in runs.values()} == {(40_000, 30.0)}
+    path.write_text("[experiment]\nenv_steps = -1\n[bptt]\n")
+    with pytest.raises(ConfigError, match=r"experiment.env_steps and experiment.wall_time_s must be >= 0"):
+        load_experiment(path, tmp_path)
+
+
 def test_order_algos_runs_each_method_on_every_physics_first(tmp_path):
     path = tmp_path / "order.toml"
     body = '[experiment]\nphysics = ["default", "weak"]\nseeds = [0]\n{order}[bptt]\n[shac]\n'

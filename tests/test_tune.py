@@ -136,13 +136,21 @@ def test_written_experiment_file_runs_the_best_settings(search, tmp_path):
     # the race's two rows: the recipe (the trainer's defaults) and the tuned settings, a variant of the same trainer
     assert data["experiment"]["algos"] == ["bptt", "bptt_tuned"] and data["bptt"] == {}
     assert data["bptt_tuned"] == {"algo": "bptt", "horizon": 16, "hidden_sizes": [16, 16], **record["best"]["params"]}
-    plan = load_experiment(path, tmp_path)
+    # the race runs at the tuning's budget, every row cut to it as the trials were: here the recipe's one iteration
+    # (128 x 64 steps) is larger than the tiny budget, a one-line error naming the row; a larger budget runs
+    assert (data["experiment"]["env_steps"], data["experiment"]["wall_time_s"]) == (BUDGET, 60)
+    with pytest.raises(ConfigError, match=r"\[bptt\] under experiment.env_steps = 2048: one iteration simulates 8192"):
+        load_experiment(path, tmp_path)
+    plan = load_experiment(path, tmp_path, overrides=["experiment.env_steps=16384"])
     assert sorted({run.seed for run in plan.runs}) == [0, 1, 2]
     tuned = [run for run in plan.runs if run.label == "bptt_tuned"]
     recipe = [run for run in plan.runs if run.label == ""]
     assert len(tuned) == len(recipe) == 3 and all(run.algo == "bptt" for run in plan.runs)
     assert tuned[0].config.lr == record["best"]["params"]["lr"] and recipe[0].config.lr == BPTTConfig().lr
     assert tuned[0].config.eval.seed == EVAL_SEED  # reported runs are scored on the reported states
+    per_iteration = record["best"]["params"]["num_envs"] * 16
+    assert (tuned[0].config.iterations, tuned[0].config.max_env_steps) == (16384 // per_iteration, 16384)
+    assert (recipe[0].config.iterations, recipe[0].config.max_wall_time_s) == (16384 // (128 * 64), 60)
 
 
 def test_several_tasks_write_one_race_file_with_per_task_tables(tmp_path):
@@ -165,7 +173,7 @@ def test_several_tasks_write_one_race_file_with_per_task_tables(tmp_path):
     assert data["experiment"]["physics"] == ["default", "weak"] and data["experiment"]["algos"] == ["bptt", "bptt_tuned"]
     assert data["bptt_tuned"] == {"algo": "bptt", "horizon": 16, "hidden_sizes": [16, 16], "num_envs": 16,
                                   "by_physics": {"default": {"lr": 0.01}, "weak": {"lr": 0.002}}}
-    runs = {(run.physics, run.label or run.algo): run.config for run in load_experiment(written, tmp_path).runs}
+    runs = {(run.physics, run.label or run.algo): run.config for run in load_experiment(written, tmp_path, overrides=["experiment.env_steps=16384"]).runs}
     assert runs["weak", "bptt_tuned"].lr == 0.002 and runs["default", "bptt_tuned"].lr == 0.01
     assert runs["weak", "bptt"].lr == BPTTConfig().lr and runs["weak", "bptt_tuned"].env.physics == "weak"
 
@@ -274,7 +282,7 @@ BAD_TUNE = [
     ("seeds = [1, 1000]", r"tune\.seeds must be disjoint from tune\.report_seeds"),
     (f"eval_seed = {EVAL_SEED}", r"tune\.eval_seed: 1000003 is a seed of the reported evaluation"),
     ("tasks = ['moon']", r"tune\.tasks: unknown task 'moon'"),
-    ("env_steps = 100", r"one iteration simulates 8192 env steps, more than tune\.env_steps=100"),
+    ("env_steps = 100", r"under tune\.env_steps = 100: one iteration simulates 8192 env steps, more than the budget"),
     ("wall_time_s = 0", r"tune\.wall_time_s must be > 0"),
     ("objective = 'median'", r"tune\.objective must be one of"),
 ]
