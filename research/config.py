@@ -131,6 +131,9 @@ class EvalConfig:
 
     interval_env_steps: int = 500_000
     """Evaluate each time this many more environment steps have been simulated (and once at the end)."""
+    interval_s: float = 0.0
+    """Also evaluate each time this many more seconds of training wall-clock have passed (0: by env steps only):
+    a method bound by the clock is then scored as often as one bound by env steps (``experiment.evaluations``)."""
     episodes: int = EVAL_EPISODES
     """Number of fixed initial states (the protocol uses 1000)."""
     seed: int = EVAL_SEED
@@ -146,6 +149,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.interval_env_steps <= 0:
             raise ConfigError(f"eval.interval_env_steps must be > 0, got {self.interval_env_steps}")
+        if not self.interval_s >= 0:
+            raise ConfigError(f"eval.interval_s must be >= 0 (0: by env steps only), got {self.interval_s}")
         if self.episodes <= 0:
             raise ConfigError(f"eval.episodes must be > 0, got {self.episodes}")
         if self.physics and not any(self.physics in cls.PRESETS for cls in SYSTEMS.values()):
@@ -298,6 +303,11 @@ class ExperimentConfig:
     end with it) and capped there (``max_env_steps``): the same budget for every method."""
     wall_time_s: float = 0.0
     """Every run's cap in training seconds (``max_wall_time_s``; 0: each table's own)."""
+    evaluations: int = 0
+    """With a common budget, how often every run is scored: each ``env_steps / evaluations`` env steps
+    (``eval.interval_env_steps``) and each ``wall_time_s / evaluations`` training seconds (``eval.interval_s``),
+    whichever comes first, so a method bound by the clock and one bound by env steps get times to a score resolved
+    alike (0: each table's own schedule)."""
     order: Literal["physics", "algos"] = "physics"
     """Which axis the runs go through slowest: 'physics' (every algorithm on the first physics, then the next) or
     'algos' (the first algorithm on every physics, then the next: a cheap method's whole row finishes before an
@@ -318,6 +328,12 @@ class ExperimentConfig:
         if self.env_steps < 0 or not self.wall_time_s >= 0:
             raise ConfigError(f"experiment.env_steps and experiment.wall_time_s must be >= 0 (0: each table's own "
                               f"budget), got {self.env_steps} and {self.wall_time_s}")
+        if self.evaluations < 0:
+            raise ConfigError(f"experiment.evaluations must be >= 0 (0: each table's own schedule), got "
+                              f"{self.evaluations}")
+        if self.evaluations and not (self.env_steps or self.wall_time_s):
+            raise ConfigError(f"experiment.evaluations = {self.evaluations} needs a common budget to divide: set "
+                              "experiment.env_steps or experiment.wall_time_s (or evaluations = 0)")
 
 
 def physics_entry(entry: str) -> tuple[str, str, str]:
@@ -429,7 +445,8 @@ def to_dict(config: Any) -> dict[str, Any]:
 #: The table ``""`` is the config's own top level.
 #: A top-level field of one algorithm's config goes into that class's own ``HASH_NEUTRAL_FIELDS`` instead (``{key:
 #: value}``, a ClassVar its subclasses inherit): another algorithm may have a field of that name with other values.
-HASH_NEUTRAL: dict[tuple[str, str], Any] = {("env", "system"): "pendulum", ("", "max_env_steps"): 0}
+HASH_NEUTRAL: dict[tuple[str, str], Any] = {("env", "system"): "pendulum", ("", "max_env_steps"): 0,
+                                            ("eval", "interval_s"): 0.0}
 
 #: Top-level fields that change how a run is carried out, never its numbers, left out of :func:`config_hash` whatever
 #: their value (changing them neither makes a finished run look changed nor stops a checkpoint from resuming).

@@ -319,7 +319,8 @@ def load_experiment(path: str | Path, results: str | Path = "results", device: s
 def common_budget(config: Any, settings: ExperimentConfig) -> Any:
     """``config`` under the experiment's common budget: cut to ``env_steps`` as the tuning driver cuts its trials
     (:func:`research.tune.fit_budget`; a :class:`ConfigError` when one iteration or collector batch is larger) and
-    capped there, and capped at ``wall_time_s`` training seconds; unchanged where they are 0."""
+    capped there, and capped at ``wall_time_s`` training seconds; unchanged where they are 0. With ``evaluations``,
+    scored each ``env_steps / evaluations`` env steps and each ``wall_time_s / evaluations`` training seconds."""
     from research.tune import fit_budget
 
     if settings.env_steps:
@@ -327,6 +328,13 @@ def common_budget(config: Any, settings: ExperimentConfig) -> Any:
         config = dataclasses.replace(config, max_env_steps=settings.env_steps)
     if settings.wall_time_s:
         config = dataclasses.replace(config, max_wall_time_s=settings.wall_time_s)
+    if settings.evaluations:
+        schedule = {}
+        if settings.env_steps:
+            schedule["interval_env_steps"] = max(1, settings.env_steps // settings.evaluations)
+        if settings.wall_time_s:
+            schedule["interval_s"] = settings.wall_time_s / settings.evaluations
+        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, **schedule))
     return config
 
 

@@ -192,7 +192,8 @@ class Budget:
 
 
 class Evaluator:
-    """Runs the shared evaluator every ``interval_env_steps`` and remembers the latest score.
+    """Runs the shared evaluator every ``interval_env_steps`` (and every ``interval_s`` training seconds, when set)
+    and remembers the latest score.
 
     With a ``budget``, the time each evaluation takes is added to ``budget.eval_time_s`` (and so left out of its
     training wall-clock). ``physics`` is the system the policy is scored on (default: Pendulum-v1's own).
@@ -206,11 +207,17 @@ class Evaluator:
         self.budget = budget
         self.physics = physics
         self.next_at = 0
+        self.next_at_s = 0.0
         self.evaluated_at: int | None = None
         self.latest: dict[str, float] | None = None
 
     def due(self, env_steps: int) -> bool:
-        return env_steps >= self.next_at
+        """Whether ``interval_env_steps`` more env steps, or (with ``interval_s`` and a budget) that many more
+        training seconds, have passed since the last evaluation."""
+        if env_steps >= self.next_at:
+            return True
+        interval_s = getattr(self.config, "interval_s", 0.0)
+        return bool(interval_s) and self.budget is not None and self.budget.wall_time_s >= self.next_at_s
 
     def __call__(self, policy: nn.Module | Callable[[Tensor], Tensor], env_steps: int) -> dict[str, float]:
         start = time.perf_counter()
@@ -221,6 +228,9 @@ class Evaluator:
             self.budget.eval_time_s += time.perf_counter() - start
         interval = self.config.interval_env_steps
         self.next_at = (env_steps // interval + 1) * interval
+        interval_s = getattr(self.config, "interval_s", 0.0)
+        if interval_s and self.budget is not None:
+            self.next_at_s = (self.budget.wall_time_s // interval_s + 1) * interval_s
         self.evaluated_at = env_steps
         return self.latest
 
@@ -229,11 +239,12 @@ class Evaluator:
         return {f"{EVAL_PREFIX}{k}": v for k, v in result.items() if k != "episodes"}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"next_at": self.next_at, "evaluated_at": self.evaluated_at,
+        return {"next_at": self.next_at, "next_at_s": self.next_at_s, "evaluated_at": self.evaluated_at,
                 "latest": None if self.latest is None else dict(self.latest)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.next_at, self.evaluated_at = state["next_at"], state["evaluated_at"]
+        self.next_at_s = float(state.get("next_at_s", 0.0))  # checkpoints from before interval_s have none
         self.latest = None if state["latest"] is None else dict(state["latest"])
 
 

@@ -170,6 +170,11 @@ class TuneConfig:
     recipe_rows: bool = True
     """Whether the written experiment file also runs each method's recipe (its trainer's defaults, the ``[<algo>]``
     table) beside the tuned settings (``[<algo>_tuned]``, a variant of the same trainer): the race's two rows."""
+    evaluations: int = 20
+    """How often each run of the written experiment is scored (its ``experiment.evaluations``: every env_steps /
+    evaluations env steps and every wall_time_s / evaluations training seconds, whichever first), so that times to a
+    score are resolved alike for methods bound by the clock and by env steps. The trials themselves are scored once,
+    at their end."""
     eval_episodes: int = EVAL_EPISODES
     """Evaluation episodes (start states) of each run's evaluations."""
     eval_seed: int = 2_000_003
@@ -180,7 +185,7 @@ class TuneConfig:
     """Seed of the tuning's evaluation parameter draws (reported: EVAL_PARAMS_SEED = 1000037)."""
 
     def __post_init__(self) -> None:
-        for name in ("trials", "env_steps", "eval_episodes"):
+        for name in ("trials", "env_steps", "eval_episodes", "evaluations"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"tune.{name} must be > 0, got {getattr(self, name)}")
         if not self.wall_time_s > 0:
@@ -525,7 +530,7 @@ def _fingerprint(plan: TunePlan, search: Search) -> str:
     """A hash of what a search's trials depend on: a study made for other settings is moved aside, not mixed."""
     blob = {"settings": {k: v for k, v in dataclasses.asdict(plan.settings).items()
                          if k not in ("description", "trials", "tasks", "algos", "report_seeds", "order",
-                                      "recipe_rows")},
+                                      "recipe_rows", "evaluations")},
             "space": [p.describe() for p in search.params], "table": search.table, "device": plan.device}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -643,11 +648,13 @@ def write_tuned(plan: TunePlan, records: Mapping[str, Mapping[str, dict[str, Any
              f"{settings.env_steps} env steps and {settings.wall_time_s:g} s per run, tuning seeds {settings.seeds}, "
              f"evaluation seeds {settings.eval_seeds}, objective: {settings.objective} final eval return).",
              "# Every row runs at the tuning's budget (experiment.env_steps and wall_time_s, the budget the settings "
-             "were chosen at; each config is cut to it as the trials were): change both there for another.",
+             "were chosen at; each config is cut to it as the trials were): change both there for another. Each run is "
+             "scored every 1/evaluations of it in env steps or in seconds, whichever comes first.",
              "", "[experiment]",
              f"description = {_toml_value(f'Tuned by {plan.path} on ' + ', '.join(tasks) + ': ' + ', '.join(algos))}",
              f"seeds = {_toml_value(settings.report_seeds)}", f"physics = {_toml_value(tasks)}",
              f"env_steps = {_toml_value(settings.env_steps)}", f"wall_time_s = {_toml_value(settings.wall_time_s)}",
+             f"evaluations = {_toml_value(settings.evaluations)}",
              f"algos = {_toml_value([n for a in algos for n in ([a] if settings.recipe_rows else []) + [tuned_name(a)]])}"]
     for algo in algos:
         if settings.recipe_rows:

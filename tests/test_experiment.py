@@ -425,8 +425,15 @@ def test_common_budget_cuts_every_method_alike(tmp_path):
     assert runs["bptt"].iterations == 40_000 // (32 * 25) and runs["ddpg"].total_env_steps == 40_000
     assert runs["ppo"].total_env_steps == 40_000 // 1024 * 1024
     assert {(c.max_env_steps, c.max_wall_time_s) for c in runs.values()} == {(40_000, 30.0)}
+    assert {c.eval.interval_s for c in runs.values()} == {0.0} and runs["ddpg"].eval.interval_env_steps == 2_000
+    path.write_text(path.read_text().replace("wall_time_s = 30\n", "wall_time_s = 30\nevaluations = 8\n"))
+    runs = {run.algo: run.config for run in load_experiment(path, tmp_path).runs}
+    assert {(c.eval.interval_env_steps, c.eval.interval_s) for c in runs.values()} == {(5_000, 3.75)}
     path.write_text("[experiment]\nenv_steps = -1\n[bptt]\n")
     with pytest.raises(ConfigError, match=r"experiment.env_steps and experiment.wall_time_s must be >= 0"):
+        load_experiment(path, tmp_path)
+    path.write_text("[experiment]\nevaluations = 10\n[bptt]\n")
+    with pytest.raises(ConfigError, match=r"experiment.evaluations = 10 needs a common budget to divide"):
         load_experiment(path, tmp_path)
 
 

@@ -2,12 +2,13 @@ import csv
 import json
 import math
 import time
+import types
 
 import pytest
 import torch
 
 import research.policies
-from research.config import EvalConfig, from_dict
+from research.config import ConfigError, EvalConfig, from_dict
 from research.harness import (
     Budget,
     Evaluator,
@@ -66,7 +67,7 @@ class CountingAlgorithm:
 def tiny_config(**overrides):
     from research.algos.bptt import BPTTConfig
 
-    return BPTTConfig(eval=EvalConfig(interval_env_steps=100, episodes=4), **overrides)
+    return BPTTConfig(**{"eval": EvalConfig(interval_env_steps=100, episodes=4), **overrides})
 
 
 def test_harness_owns_the_schedule_rows_and_summary(tmp_path):
@@ -89,6 +90,44 @@ def test_harness_owns_the_schedule_rows_and_summary(tmp_path):
     train_rows = [r for r in rows if r["train/return"]]
     assert len(train_rows) == 10 and float(train_rows[0]["train/return"]) == -1.5
     assert json.loads((tmp_path / "summary.json").read_text())["eval"]["episodes"] == 4
+
+
+def test_harness_also_evaluates_on_a_clock(monkeypatch):
+    """eval.interval_s: a method that takes few env steps per second is scored every interval_s training seconds
+    as well; the env-step schedule goes on beside it. A fake clock: each iteration takes exactly 30 ms."""
+    import research.harness as harness
+
+    clock = [0.0]
+    monkeypatch.setattr(harness, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    made = []
+
+    class Slow(CountingAlgorithm):
+        def step(self, iteration):
+            clock[0] += 0.03
+            return super().step(iteration)
+
+    def factory(config, run):
+        made.append(Slow(config, run, steps=1, iterations=12))
+        return made[-1]
+
+    class Rows(NullWriter):
+        def __init__(self):
+            self.evaluations = []
+
+        def log(self, row):
+            if "eval/return_mean" in row:
+                self.evaluations.append((row["iteration"], round(row["wall_time_s"], 6)))
+
+    clocked, plain = Rows(), Rows()
+    config = tiny_config(eval=EvalConfig(interval_env_steps=1000, interval_s=0.1, episodes=2))
+    assert train(config, factory, writer=clocked, quiet=True)["iterations"] == 12
+    # before training, at the first iteration past each 0.1 s of training, at the end
+    assert clocked.evaluations == [(0, 0.0), (4, 0.12), (7, 0.21), (10, 0.3), (12, 0.36)]
+    config = tiny_config(eval=EvalConfig(interval_env_steps=5, episodes=2))
+    assert train(config, factory, writer=plain, quiet=True)["iterations"] == 12
+    assert [i for i, _ in plain.evaluations] == [0, 5, 10, 12]  # by env steps only
+    with pytest.raises(ConfigError, match=r"eval.interval_s must be >= 0 \(0: by env steps only\), got -1"):
+        EvalConfig(interval_s=-1)
 
 
 def test_harness_stops_at_the_time_limit_and_still_evaluates():

@@ -171,6 +171,7 @@ def test_several_tasks_write_one_race_file_with_per_task_tables(tmp_path):
     written = write_tuned(plan, {"default": {"bptt": record("default", 0.01)}, "weak": {"bptt": record("weak", 0.002)}})
     data = tomllib.loads(written.read_text())
     assert data["experiment"]["physics"] == ["default", "weak"] and data["experiment"]["algos"] == ["bptt", "bptt_tuned"]
+    assert data["experiment"]["evaluations"] == 20  # tune.evaluations: the race is scored every 1/20 of its budget
     assert data["bptt_tuned"] == {"algo": "bptt", "horizon": 16, "hidden_sizes": [16, 16], "num_envs": 16,
                                   "by_physics": {"default": {"lr": 0.01}, "weak": {"lr": 0.002}}}
     runs = {(run.physics, run.label or run.algo): run.config for run in load_experiment(written, tmp_path, overrides=["experiment.env_steps=16384"]).runs}
