@@ -28,6 +28,7 @@ from _rundata import (
 from aggregate import CSV_FILES, csv_texts, load_optima, optimal_summary_path
 from plot import FIGURES, STAT_FIGURES, ZOO_DDPG_RETURN
 from study import study_section
+from tuning import tuning_section
 
 from research.findings import answer, render, study_findings
 from research.statistics import BOOTSTRAP_REPS
@@ -352,6 +353,7 @@ def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs:
     maps = exp_dir / "figures" / "policy_maps.md"  # written by scripts/policy_maps.py (make experiment runs it first)
     if maps.is_file():
         lines += [maps.read_text().rstrip(), ""]
+    lines += tuning_section(exp_dir)
     lines += setup_section(runs, manifest)
     lines += ["## Regenerate", "", "```bash", regenerate_command(exp_dir), "```", "",
               "Finished runs are reused when their config is unchanged; `scripts/aggregate.py`, `scripts/plot.py` and "
