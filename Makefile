@@ -11,6 +11,9 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BACKEND ?= local
 DEVICE ?= cpu
 RESULTS ?= results
+# The study's parts beside the race (its default-physics cells): the presets, then the gradient studies.
+STUDY_EXPERIMENTS ?= study_presets
+STUDY_GRADIENTS ?= study_gradients study_gradients_presets
 # Systems without a grid DP: `make optimal-systems` runs research.analysis.trajopt for each (results/optimal/<system>/).
 OPTIMAL_SYSTEMS ?= cartpole acrobot
 # An experiment file with a [gradient_study] table is a measurement, not training runs: scripts/gradient_report.py
@@ -18,7 +21,7 @@ OPTIMAL_SYSTEMS ?= cartpole acrobot
 REPORT_STEPS = $(if $(shell grep -qs '^\[gradient_study\]' experiments/$(EXP).toml && echo study),gradient-report,aggregate plot maps report)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint experiment tune race runs aggregate plot maps report render gradient-report optimal optimal-systems gap bench gpu-check clean
+.PHONY: help install test test-fast lint experiment tune race study study-report runs aggregate plot maps report render gradient-report optimal optimal-systems gap bench gpu-check clean
 
 help: ## list every target with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -46,6 +49,14 @@ tune: ## equal-budget Optuna search of experiments/$(TUNE).toml -> results/tune/
 race: ## the fair race: experiments/tuned/$(RACE).toml (written by make tune TUNE=$(RACE)): recipe and tuned rows -> results/$(RACE)/
 	$(PYTHON) -m research.experiment experiments/tuned/$(RACE).toml --jobs $(JOBS) --backend $(BACKEND) --device $(DEVICE) --results $(RESULTS)
 	$(MAKE) --no-print-directory aggregate plot maps report EXP=$(RACE) RESULTS=$(RESULTS)
+
+study: ## the study, second edition: make race, study_presets, the gradient studies (each resumable), then results/study/REPORT.md
+	$(MAKE) --no-print-directory race
+	for exp in $(STUDY_EXPERIMENTS) $(STUDY_GRADIENTS); do $(MAKE) --no-print-directory experiment EXP=$$exp || exit 1; done
+	$(MAKE) --no-print-directory study-report
+
+study-report: ## results/study/REPORT.md, findings.csv and figures from the study's finished parts (no runs)
+	$(PYTHON) scripts/study.py $(RESULTS)/study --experiments $(RACE) $(STUDY_EXPERIMENTS) --gradients $(STUDY_GRADIENTS)
 
 aggregate: ## results/$(EXP)/summary.csv from the run directories
 	$(PYTHON) scripts/aggregate.py $(RESULTS)/$(EXP)

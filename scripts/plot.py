@@ -11,8 +11,8 @@ dotted: rl-baselines3-zoo's DDPG on Gymnasium Pendulum-v1.
 With a physics axis (runs on several presets, ``experiment.physics``) each figure is a grid with one panel per preset,
 the preset's dynamic-programming optimum dashed and the return at a normalized score of 0.9 dotted, and two heat maps
 of preset x method from ``scripts/aggregate.py``'s rows: ``heatmap_normalized_score.png`` (mean final normalized
-score, gap to the optimum in brackets) and ``heatmap_time_to_90.png`` (median env steps and training seconds to a
-normalized score of 0.9, over the seeds that got there).
+score, gap to the optimum in brackets) and ``heatmap_time_to_99.png`` (median env steps and training seconds to a
+normalized score of 0.99, over the seeds that got there).
 
 With rliable (:mod:`research.statistics`), two more figures over every task (preset or system): the performance
 profile ``performance_profile.png`` (per method, the fraction of its runs whose final normalized score exceeds tau,
@@ -71,7 +71,7 @@ FIGURES = {
     "env_steps": ("return_vs_env_steps.png", "environment steps (log scale)", True),
     "wall_time_s": ("return_vs_wall_time.png", "training wall-clock time (s, evaluations excluded)", False),
 }
-HEATMAPS = ("heatmap_normalized_score.png", "heatmap_time_to_90.png")
+HEATMAPS = ("heatmap_normalized_score.png", "heatmap_time_to_99.png")
 PANEL_COLUMNS = 3
 STAT_FIGURES = ("performance_profile.png", "probability_of_improvement.png")
 PROFILE_POINTS = 101
@@ -239,12 +239,12 @@ def plot_heatmaps(rows: list[dict], directory: Path, title: str) -> list[Path]:
 
     fig, axes = plt.subplots(1, 2, figsize=(2 * (1.6 * len(algos) + 2.5), 0.55 * len(presets) + 1.5), dpi=150)
     n_seeds = table("n_seeds")
-    for ax, key, unit, fmt in ((axes[0], "env_steps_to_90", "env steps", "{:.3g}"),
-                               (axes[1], "wall_time_s_to_90", "training seconds", "{:.3g} s")):
-        values, reached = table(key), table("seeds_reaching_90")
+    for ax, key, unit, fmt in ((axes[0], "env_steps_to_99", "env steps", "{:.3g}"),
+                               (axes[1], "wall_time_s_to_99", "training seconds", "{:.3g} s")):
+        values, reached = table(key), table("seeds_reaching_99")
         labels = [[(fmt.format(values[i, j]) + f"\n{reached[i, j]:.0f}/{n_seeds[i, j]:.0f}") if np.isfinite(values[i, j])
                    else "never" for j in range(len(algos))] for i in range(len(presets))]
-        _heatmap(ax, values, labels, presets, algos, f"{unit} to a normalized score of 0.9 (median; seeds there)",
+        _heatmap(ax, values, labels, presets, algos, f"{unit} to a normalized score of 0.99 (median; seeds there)",
                  "magma_r", log=True)
     fig.tight_layout()
     paths.append(directory / HEATMAPS[1])

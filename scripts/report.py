@@ -27,7 +27,6 @@ from _rundata import (
 )
 from aggregate import CSV_FILES, csv_texts, load_optima, optimal_summary_path
 from plot import FIGURES, STAT_FIGURES, ZOO_DDPG_RETURN
-from study import study_section
 from tuning import tuning_section
 
 from research.findings import answer, render, study_findings
@@ -336,7 +335,6 @@ def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs:
     lines += optimum_note(summary)
     lines += statistics_section(summary, overall or [], exp_dir)
     lines += findings_section(per_run)
-    lines += study_section(exp_dir, summary, per_run)
     figures = [(name, xlabel) for name, xlabel, _ in FIGURES.values() if (exp_dir / "figures" / name).is_file()]
     for name, xlabel in figures:
         lines += [f"![evaluation return against {xlabel}](figures/{name})", ""]

@@ -1,310 +1,334 @@
-"""The physics-axis part of ``REPORT.md``: who wins on each preset and along each axis, and by how much.
+"""The study: when does backpropagation through the simulator beat model-free RL? ``results/study/REPORT.md``.
 
-``scripts/report.py`` calls :func:`study_section` when an experiment's runs span several presets
-(``experiment.physics``). Every number comes from ``summary.csv`` and ``runs.csv`` (``scripts/aggregate.py``) and,
-when it exists, from the gradient study of the same presets (``<results>/<GRADIENTS>/gradient_study.csv``, written
-by ``make experiment EXP=when_gradients``).
+    python scripts/study.py results/study --experiments tune_race study_presets \\
+        --gradients study_gradients study_gradients_presets
 
-The comparison is between two families, as the algorithm registry gives them (:func:`research.statistics.family`:
-backpropagation through the simulator or model-free RL; variants such as ``bptt_squash`` by their trainer). On each
-preset the better method of each family (by mean final return over seeds) is compared: the difference of their mean
-final returns with a 95% stratified-bootstrap interval (rliable's, each method's seeds resampled independently,
-:func:`research.statistics.mean_difference_interval`), and the training seconds and env steps each needed to reach a
-normalized score of 0.9. Picking the better of several methods per family slightly favours the family with more
-methods. The physics axes are those of the presets (:data:`research.envs.presets.AXES`).
+``make study`` runs the parts (the race, the presets experiment, the two gradient studies; each resumable) and then
+this script, which reads only what they wrote under the results folder: each training experiment's ``runs.csv``,
+``summary.csv`` and run directories (``scripts/aggregate.py`` first), each gradient study's ``gradient_study.csv``
+and ``config.json``. It writes ``REPORT.md``, ``findings.csv`` (every finding, one row each) and ``figures/``.
+
+Every verdict is a :class:`research.findings.Finding`: a claim, the numbers it rests on and the test that decides
+it (a probability of improvement or a ratio of median times to a normalized score of 0.99, with its 95% interval).
+The report renders them with one template; nothing here names a preset, a method or a family. The tasks are the
+experiments' ``physics`` entries, the families come from the algorithm registry, the physics axes from the
+pendulum's presets (:data:`research.systems.pendulum.AXES`) plus the systems at default physics. Only the rows
+whose label ends with ``--rows`` (default ``_tuned``: every method at the settings the race's tuning chose) enter the
+findings; the race's recipe rows stay in its own report.
+
+The study counts only when every run and measurement comes from one version of ``research/``: the report checks the
+``research/`` tree of every recorded commit (``git rev-parse <commit>:research``) and says which.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import json
 import math
+import subprocess
+import sys
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
+from _rundata import load_manifest, load_runs
+from gradient_report import load_study
 
-from research.algos import BACKPROP, MODEL_FREE
-from research.envs.presets import AXES
-from research.statistics import family, mean_difference_interval
+from research.findings import Finding, answer, render, study_findings
+from research.systems.pendulum import AXES
 
-GRADIENTS = "when_gradients"
-"""The gradient study of the presets, beside the experiment: ``<results>/when_gradients/gradient_study.csv``."""
-TIE_MARGIN = 0.0
-"""A difference whose 95% interval contains 0 (or lies within this many return units of it) is a tie."""
-
-
-def _float(text: str | None) -> float:
-    return float(text) if text not in ("", None) else math.nan
+ROOT = Path(__file__).resolve().parents[1]
+GRADIENT_HORIZON = 64
+"""The horizon of the gradient table: the BPTT policies' training horizon scale (the nearest measured one is used)."""
+SYSTEMS_AXIS = "systems"
+"""The axis of the systems at default physics: each task whose name is a system (not a pendulum preset)."""
 
 
-def difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """``(mean(a) - mean(b), low, high)``: the difference of two means over seeds with its stratified-bootstrap
-    interval (:func:`research.statistics.mean_difference_interval`; fixed RNG seed, so the report is reproducible)."""
-    return mean_difference_interval(a, b, level)
+@dataclass
+class Part:
+    """One finished training experiment of the study."""
+
+    name: str
+    directory: Path
+    summary: list[dict]
+    runs: list[dict]
+    commits: list[str]
+    wall_time_s: float
+    devices: list[str]
 
 
-def members(rows: list[dict], of_family: str) -> list[str]:
-    """The method labels of ``rows`` in the registry family ``of_family``, in order of appearance."""
-    return [algo for algo in dict.fromkeys(row["algo"] for row in rows) if family(algo) == of_family]
+@dataclass
+class GradientPart:
+    """One gradient study of the study."""
+
+    name: str
+    directory: Path
+    rows: list[dict]
+    info: dict
 
 
-def best_of(rows: list[dict], of_family: str) -> dict | None:
-    """The row of the registry family ``of_family`` with the best mean final return (``None``: it did not run)."""
-    candidates = [row for row in rows if family(row["algo"]) == of_family]
-    return max(candidates, key=lambda row: _float(row["final_return_mean"])) if candidates else None
-
-
-def preset_verdicts(summary: list[dict], per_run: list[dict]) -> list[dict]:
-    """Per preset: the better method of each family, their scores, the difference of final returns with its CI,
-    and the time each took to a normalized score of 0.9. Presets lacking either family are left out."""
-    finals: dict[tuple[str, str], list[float]] = {}
-    for row in per_run:
-        finals.setdefault((row["physics"], row["algo"]), []).append(float(row["final_return_mean"]))
-    verdicts = []
-    for physics in dict.fromkeys(row["physics"] for row in summary):
-        rows = [row for row in summary if row["physics"] == physics]
-        bp, mf = best_of(rows, BACKPROP), best_of(rows, MODEL_FREE)
-        if bp is None or mf is None:
-            continue
-        diff, low, high = difference_ci(np.array(finals[(physics, bp["algo"])]), np.array(finals[(physics, mf["algo"])]))
-        if low > TIE_MARGIN:
-            winner = "backprop"
-        elif high < -TIE_MARGIN:
-            winner = "model-free"
-        else:
-            winner = "tie"
-        verdicts.append({"physics": physics, "backprop": bp, "model_free": mf, "difference": diff, "low": low,
-                         "high": high, "winner": winner,
-                         "time_ratio": _cell_ratio(mf["wall_time_s_to_90"], bp["wall_time_s_to_90"]),
-                         "steps_ratio": _cell_ratio(mf["env_steps_to_90"], bp["env_steps_to_90"])})
-    return verdicts
-
-
-def _cell_ratio(a: object, b: object) -> float:
-    """``a / b`` of two table cells, NaN when either is missing or ``b`` is 0 (a threshold met at the start)."""
-    a, b = _float(a), _float(b)
-    return a / b if b and math.isfinite(a) and math.isfinite(b) else math.nan
-
-
-def _score(row: dict) -> str:
-    score, gap = _float(row["normalized_score"]), _float(row["gap_to_optimum"])
-    return "n/a" if math.isnan(score) else f"{score:.3f} (gap {gap:.1f})"
-
-
-def _to90(row: dict) -> str:
-    seconds, steps = _float(row["wall_time_s_to_90"]), _float(row["env_steps_to_90"])
-    if math.isnan(seconds):
-        return "never"
-    return f"{seconds:.1f} s / {steps:.3g} steps ({row['seeds_reaching_90']}/{row['n_seeds']})"
-
-
-def _ratio(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.2g}x"
-
-
-def verdict_table(verdicts: list[dict]) -> list[str]:
-    header = ["physics", "best backprop", "its score (gap)", "best model-free", "its score (gap)",
-              "final return, backprop - model-free [95% CI]", "better final return",
-              "to 0.9: backprop", "to 0.9: model-free", "model-free / backprop time to 0.9 (wall-clock, env steps)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for v in verdicts:
-        bp, mf = v["backprop"], v["model_free"]
-        lines.append("| " + " | ".join([
-            f"`{v['physics']}`", f"`{bp['algo']}`", _score(bp), f"`{mf['algo']}`", _score(mf),
-            f"{v['difference']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}]", v["winner"], _to90(bp), _to90(mf),
-            f"{_ratio(v['time_ratio'])} / {_ratio(v['steps_ratio'])}",
-        ]) + " |")
-    return lines
-
-
-def axis_sentences(verdicts: list[dict]) -> list[str]:
-    """One bullet per axis: how the final-return difference and the time ratio move from the reference preset."""
-    by_physics = {v["physics"]: v for v in verdicts}
-    lines = []
-    for axis, presets, reference, what in AXES:
-        present = [p for p in presets if p in by_physics]
-        if not present:
-            continue
-        parts = []
-        for physics in (reference, *present):
-            if physics not in by_physics:
-                continue
-            v = by_physics[physics]
-            parts.append(f"`{physics}` {v['winner']} ({v['difference']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}], "
-                         f"model-free needs {_ratio(v['time_ratio'])} backprop's seconds to 0.9)")
-        lines.append(f"- **{axis}** ({what}): " + "; ".join(parts) + ".")
-    return lines
-
-
-def load_gradients(exp_dir: Path) -> list[dict]:
-    """The rows of the presets' gradient study (``[]`` when it has not run)."""
-    path = exp_dir.parent / GRADIENTS / "gradient_study.csv"
-    if not path.is_file():
-        return []
+def _read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
 
 
-GRADIENT_HORIZON = 64
-"""The horizon of the gradient table: BPTT's default rollout length."""
+def load_part(directory: Path) -> Part:
+    """A training experiment's aggregated tables, the commits of its runs and its runner wall-clock; exits with a
+    one-line message naming the command to run when it has not been aggregated."""
+    if not (directory / "runs.csv").is_file() or not (directory / "summary.csv").is_file():
+        sys.exit(f"error: {directory} has no runs.csv and summary.csv; run `python scripts/aggregate.py {directory}` "
+                 "(or its make target) first")
+    runs = load_runs(directory)
+    manifest = load_manifest(directory) or {}
+    wall = sum(entry["wall_time_s"] for entry in manifest.get("invocations", []) if entry.get("runs_completed"))
+    return Part(directory.name, directory, _read_csv(directory / "summary.csv"), _read_csv(directory / "runs.csv"),
+                sorted({str(run.config.get("git_commit")) for run in runs}), float(wall),
+                sorted({str(run.config.get("device", "unknown")) for run in runs}))
 
 
-def gradient_table(rows: list[dict], policy: str = "trained", horizon: int = GRADIENT_HORIZON) -> tuple[list[str], dict]:
-    """Markdown lines of the first-order gradient statistics per preset at ``policy`` and ``horizon`` (the nearest
-    measured horizon), against default physics and the likelihood-ratio estimator; and ``{physics: statistics}``."""
-    rows = [row for row in rows if row.get("policy") == policy]
-    if not rows:
-        return [], {}
-    horizons = sorted({int(row["horizon"]) for row in rows})
-    h = min(horizons, key=lambda x: abs(x - horizon))
-    cell = {(row.get("physics") or "default", row["estimator"]): row for row in rows if int(row["horizon"]) == h}
-    presets = list(dict.fromkeys(row.get("physics") or "default" for row in rows))
-    stats = {}
-    for physics in presets:
-        first, zeroth = cell.get((physics, "first_order")), cell.get((physics, "likelihood_ratio"))
-        if first is None:
-            continue
-        stats[physics] = {"norm": _float(first["grad_norm"]), "variance": _float(first["variance_total"]),
-                          "relative_se": _float(first["relative_se"]),
-                          "zeroth_variance": _float(zeroth["variance_total"]) if zeroth else math.nan}
-    base = stats.get("default", {}).get("variance", math.nan)
-    header = ["physics", "first-order: norm of the mean", "total variance", "variance / default's",
-              "relative standard error", "first-order / likelihood-ratio variance"]
-    lines = [f"First-order gradient of the {h}-step return at each preset's BPTT policy (`{policy}`: seed 0 of this "
-             "experiment) from the gradient study of the presets (`make experiment EXP=when_gradients`; norm and "
-             "total variance per sample, relative standard error of the mean's norm):", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for physics, st in stats.items():
-        lines.append(f"| `{physics}` | {st['norm']:.3g} | {st['variance']:.3g} | {st['variance'] / base:.3g} | "
-                     f"{st['relative_se']:.2g} | {st['variance'] / st['zeroth_variance']:.3g} |")
-    return lines + [""], stats
+def load_gradient_part(directory: Path) -> GradientPart:
+    """A gradient study's rows (numbers parsed) and its ``config.json``."""
+    _, rows, info = load_study(directory)
+    return GradientPart(directory.name, directory, rows, info)
 
 
-def summary_index(summary: list[dict]) -> dict[tuple[str, str], dict]:
-    """``{(physics, algo): summary row}``."""
-    return {(row["physics"], row["algo"]): row for row in summary}
+def research_tree(commit: str) -> str | None:
+    """The git tree of ``research/`` at ``commit`` (``None`` for a dirty or unknown commit)."""
+    if not commit or commit == "None" or commit.endswith("-dirty"):
+        return None
+    done = subprocess.run(["git", "rev-parse", f"{commit}:research"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
-def all_seeds_at_90(row: dict | None) -> bool:
-    """Whether every seed of the row reached a normalized score of 0.9 (``False`` for a method that did not run)."""
-    return row is not None and row["seeds_reaching_90"] == row["n_seeds"]
+def code_lines(parts: Sequence[Part], gradients: Sequence[GradientPart]) -> tuple[bool, list[str]]:
+    """``(one version, lines)``: the commits each part recorded and whether they share one ``research/`` tree."""
+    commits = {part.name: part.commits for part in parts}
+    commits.update({part.name: [str(part.info.get("git_commit"))] for part in gradients})
+    trees = {commit: research_tree(commit) for names in commits.values() for commit in names}
+    distinct = set(trees.values())
+    one = len(distinct) == 1 and None not in distinct
+    lines = ["## Code version", ""]
+    lines += [f"- `{name}`: commit " + ", ".join(f"`{c[:12]}`" for c in names) for name, names in commits.items()]
+    if one:
+        lines += ["", f"Every run and measurement of the study ran on one version of `research/` (git tree "
+                  f"`{next(iter(distinct))[:12]}`): the commits above differ only outside it (results, scripts, "
+                  "documentation).", ""]
+    else:
+        unknown = [c for c, t in trees.items() if t is None]
+        lines += ["", "**Not one code version**: the parts ran on " + f"{len(distinct - {None})} `research/` tree(s)"
+                  + (f"; no tree for {', '.join(f'`{c}`' for c in unknown)} (dirty, or not in this clone)"
+                     if unknown else "") + ". Regenerate the parts from one clean commit before quoting the study.", ""]
+    return one, lines
 
 
-def suh_comparison(summary: list[dict], verdicts: list[dict], gradients: dict) -> list[str]:
-    """Where the results agree or disagree with Suh et al. 2022 ("Do differentiable simulators give better policy
-    gradients?", ICML): first-order gradients win on smooth dynamics, suffer bias at discontinuities and high
-    variance under stiffness. Each sentence is decided by the numbers it quotes."""
-    by_physics = {v["physics"]: v for v in verdicts}
-    cell = summary_index(summary)
-    lines = ["### Against Suh et al. 2022", "",
-             "Suh et al. (*Do differentiable simulators give better policy gradients?*, ICML 2022) argue that "
-             "first-order gradients beat zeroth-order ones on smooth dynamics, are biased at discontinuities (a "
-             "jump whose gradient is zero almost everywhere) and have high variance on stiff dynamics. Here:", ""]
-    smooth = [p for p in ("default", "coulomb_smooth", "damped") if p in by_physics]
-    if smooth:
-        faster = [p for p in smooth if by_physics[p]["time_ratio"] > 1 and by_physics[p]["winner"] != "model-free"]
-        verdict = "agrees" if len(faster) == len(smooth) else "partly agrees"
-        lines.append(f"- **Smooth dynamics** ({', '.join(f'`{p}`' for p in smooth)}): backprop reaches 0.9 "
-                     + ", ".join(f"{by_physics[p]['time_ratio']:.2g}x sooner in wall-clock on `{p}` "
-                                 f"({by_physics[p]['winner']} in final return)" for p in smooth)
-                     + f": {verdict}.")
-
-    def variance_note(physics: str) -> str:
-        st, base = gradients.get(physics), gradients.get("default")
-        if not st or not base:
-            return ""
-        return (f"; at its BPTT policy the first-order gradient's variance is {st['variance'] / base['variance']:.3g}x "
-                f"default's and {st['variance'] / st['zeroth_variance']:.3g}x the likelihood-ratio estimator's "
-                f"(default: {base['variance'] / base['zeroth_variance']:.2g}x)")
-
-    def methods(physics: str, algos: Sequence[str] = ("bptt", "shac", "ddpg")) -> str:
-        parts = []
-        for algo in algos:
-            row = cell.get((physics, algo))
-            parts.append(f"`{algo}` not run" if row is None else f"`{algo}` {float(row['final_return_mean']):.1f} "
-                         f"({row['seeds_reaching_90']}/{row['n_seeds']} seeds at 0.9)")
-        return ", ".join(parts)
-
-    for physics, twin, what in (("coulomb", "coulomb_smooth", "exact-sign dry friction"),
-                                ("wall", "wall_soft", "a hard wall with restitution")):
-        if physics not in by_physics:
-            continue
-        hurt = not all_seeds_at_90(cell.get((physics, "bptt"))) or by_physics[physics]["winner"] == "model-free"
-        shac_survives = all_seeds_at_90(cell.get((physics, "shac")))
-        lines.append(f"- **Discontinuity** (`{physics}`, {what}): {methods(physics)}; on `{twin}` plain BPTT has "
-                     f"{methods(twin, ('bptt',))}" + variance_note(physics)
-                     + (": agrees, the discontinuity breaks plain BPTT" if hurt else
-                        ": disagrees, plain BPTT is not hurt by this discontinuity")
-                     + ("; SHAC's short windows and critic survive it." if hurt and shac_survives else "."))
-    if "wall_soft" in by_physics:
-        v, bptt = by_physics["wall_soft"], cell.get(("wall_soft", "bptt"))
-        bptt_loses = bptt is not None and float(bptt["final_return_mean"]) < float(v["model_free"]["final_return_mean"])
-        lines.append(f"- **Stiffness** (`wall_soft`, a penalty spring): {methods('wall_soft')}"
-                     + variance_note("wall_soft")
-                     + (": agrees for plain BPTT, which falls behind model-free," if bptt_loses
-                        else ": disagrees, plain BPTT keeps up with model-free,")
-                     + (" while SHAC's truncated windows beat both." if v["backprop"]["algo"] == "shac"
-                        and v["winner"] == "backprop" else "."))
-    return lines + [""]
+def tuned_only(rows: Sequence[dict], suffix: str) -> list[dict]:
+    return [row for row in rows if row["algo"].endswith(suffix)]
 
 
-def answer_lines(summary: list[dict], verdicts: list[dict]) -> list[str]:
-    """The section's first paragraph: on how many presets backprop got to 0.9 sooner, who has the better final
-    return where, and where plain BPTT's seeds failed (all counted from the tables below)."""
-    n = len(verdicts)
-    sooner = [v for v in verdicts if v["time_ratio"] > 1]
-    ratios = [v["time_ratio"] for v in sooner]
-    groups = {w: [v for v in verdicts if v["winner"] == w] for w in ("backprop", "tie", "model-free")}
+def _f(value: object) -> float:
+    return math.nan if value in ("", None) else float(value)
 
-    def names(items: list[dict]) -> str:
-        return ", ".join(f"`{v['physics']}` ({v['difference']:+.1f})" for v in items) or "none"
 
-    lines = [f"- **Speed.** Backprop reached a normalized score of 0.9 sooner in training wall-clock on "
-             f"{len(sooner)} of {n} presets"
-             + (f" ({min(ratios):.2g}x to {max(ratios):.2g}x sooner)" if ratios else "")
-             + f"; it used more env steps to get there on {sum(v['steps_ratio'] < 1 for v in verdicts)} of them "
-               f"({min(1 / v['steps_ratio'] for v in verdicts):.3g}x to {max(1 / v['steps_ratio'] for v in verdicts):.3g}x"
-               " as many: simulated transitions are cheap, model-free gradient steps are not).",
-             f"- **Final return** (better of each family, difference of means): backprop better on "
-             f"{names(groups['backprop'])}; tied on {names(groups['tie'])}; model-free better on "
-             f"{names(groups['model-free'])}."]
-    failures = []
+def task_table(summary: Sequence[dict]) -> list[str]:
+    """Per task and method: IQM normalized score [95% CI], the gap of the mean final return to the optimum, failed
+    seeds, and median seconds and env steps to a normalized score of 0.99 over the seeds that got there."""
+    header = ["task", "method", "seeds", "IQM normalized score [95% CI]", "gap to optimum", "failed seeds",
+              "to 0.99: seconds / env steps (seeds)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in summary:
-        if family(row["algo"]) == BACKPROP and row["seeds_reaching_90"] not in ("", None):
-            reached, seeds = int(row["seeds_reaching_90"]), int(row["n_seeds"])
-            if reached < seeds:
-                failures.append(f"`{row['algo']}` on `{row['physics']}` {reached}/{seeds} "
-                                f"(mean {float(row['final_return_mean']):.1f}, median "
-                                f"{float(row['final_return_median']):.1f})")
-    if failures:
-        model_free = [row for row in summary if family(row["algo"]) == MODEL_FREE]
-        every = " Every model-free run did." if all(all_seeds_at_90(row) for row in model_free) else ""
-        lines.append("- **Robustness.** Backprop methods whose seeds did not all reach 0.9: " + "; ".join(failures)
-                     + "." + every)
-    return lines + [""]
-
-
-def study_section(exp_dir: Path, summary: list[dict], per_run: list[dict]) -> list[str]:
-    """The ``REPORT.md`` section of an experiment with a physics axis (``[]`` when no preset has both families)."""
-    verdicts = preset_verdicts(summary, per_run)
-    if not verdicts:
-        return []
-    lines = ["## When does backpropagation win?", "",
-             f"Backpropagation through the simulator ({', '.join(f'`{a}`' for a in members(summary, BACKPROP))}) "
-             f"against model-free RL ({', '.join(f'`{a}`' for a in members(summary, MODEL_FREE))}): on each preset the better method of each family by mean "
-             "final return. The difference is of mean final returns over seeds, with a 95% bootstrap interval (each "
-             "method's seeds resampled independently, rliable's stratified bootstrap); `tie` when the interval contains 0. The last column divides "
-             "the model-free method's training seconds (and env steps) to a normalized score of 0.9 by the backprop "
-             "method's (medians over the seeds that got there; above 1: backprop got there sooner; `n/a` when either "
-             "never did).", ""]
-    lines += answer_lines(summary, verdicts)
-    lines += verdict_table(verdicts) + [""]
-    lines += ["Along each axis, against default physics:", ""] + axis_sentences(verdicts) + [""]
-    figures = [name for name in ("heatmap_normalized_score.png", "heatmap_time_to_90.png")
-               if (exp_dir / "figures" / name).is_file()]
-    for name in figures:
-        lines += [f"![{name[:-4].replace('_', ' ')}](figures/{name})", ""]
-    table, gradients = gradient_table(load_gradients(exp_dir))
-    lines += table
-    lines += suh_comparison(summary, verdicts, gradients)
+        iqm = _f(row.get("normalized_score_iqm"))
+        score = ("n/a" if math.isnan(iqm) else
+                 f"{iqm:.3f} [{_f(row['normalized_score_iqm_ci_low']):.3f}, {_f(row['normalized_score_iqm_ci_high']):.3f}]")
+        seconds = _f(row.get("wall_time_s_to_99"))
+        reached = (f"{seconds:.3g} s / {_f(row['env_steps_to_99']):.3g} ({row['seeds_reaching_99']}/{row['n_seeds']})"
+                   if math.isfinite(seconds) else f"never (0/{row['n_seeds']})")
+        gap, failed, n = _f(row.get("gap_to_optimum")), _f(row.get("failed_seeds")), row["n_seeds"]
+        lines.append(f"| `{row['physics']}` | `{row['algo']}` | {n} | {score} | "
+                     f"{'n/a' if math.isnan(gap) else f'{gap:.1f}'} | "
+                     f"{'n/a' if math.isnan(failed) else f'{failed:.0f}/{n}'} | {reached} |")
     return lines
+
+
+def axes(tasks: Sequence[str]) -> list[tuple[str, list[str], str, str]]:
+    """``(axis, tasks, reference, what)`` of the physics axes present in ``tasks`` (the pendulum's presets, each
+    against default physics) and of the systems axis (each system at default physics against the pendulum)."""
+    found = []
+    for name, presets, reference, what in AXES:
+        present = [p for p in presets if p in tasks]
+        if present and reference in tasks:
+            found.append((name, present, reference, what))
+    systems = [t for t in tasks if t not in {p for _, presets, _, _ in AXES for p in presets} and t != "default"]
+    if systems and "default" in tasks:
+        found.append((SYSTEMS_AXIS, systems, "default", "the cart-pole and the acrobot against the pendulum, each at "
+                      "default physics"))
+    return found
+
+
+def axis_lines(findings: Sequence[Finding], tasks: Sequence[str]) -> list[str]:
+    """One bullet per axis: the headline verdicts (final score, seconds to 0.99) on the reference and on each task
+    of the axis, each quoted from its finding."""
+    head = {(f.task, f.kind): f for f in findings if f.best}
+    lines = []
+    for name, members, reference, what in axes(tasks):
+        parts = []
+        for task in (reference, *members):
+            score, seconds = head.get((task, "final score")), head.get((task, "seconds to 0.99"))
+            if score is None:
+                continue
+            parts.append(f"`{task}`: {score.claim}, P = {score.statistic:.2f} [{score.low:.2f}, {score.high:.2f}]"
+                         + (f"; {seconds.claim}" if seconds is not None else ""))
+        if parts:
+            lines.append(f"- **{name}** ({what}): " + "; ".join(parts) + ".")
+    return lines
+
+
+def gradient_lines(parts: Sequence[GradientPart], horizon: int = GRADIENT_HORIZON) -> list[str]:
+    """Per task: at the trained policy and the measured horizon nearest ``horizon``, the first-order gradient's
+    variance against the likelihood-ratio one and the cosine of their means; at the random policy, the first horizon
+    from which first order is no longer the lower-variance estimator."""
+    if not parts:
+        return []
+    header = ["task", "system", "H (seconds)", "trained policy: first-order / likelihood-ratio variance",
+              "cosine of the means", "random policy: first order loses from H ="]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for part in parts:
+        physics = list(dict.fromkeys(row["physics"] for row in part.rows))
+        for name in physics:
+            rows = [row for row in part.rows if row["physics"] == name]
+            info = {"system": "pendulum", "time_step": 0.05, **part.info.get("physics", {}).get(name, {})}
+            cell = {(row["policy"], int(row["horizon"]), row["estimator"]): row for row in rows}
+            horizons = sorted({int(row["horizon"]) for row in rows})
+            h = min(horizons, key=lambda x: abs(x - horizon))
+            first, zeroth = cell.get(("trained", h, "first_order")), cell.get(("trained", h, "likelihood_ratio"))
+            ratio = (f"{first['variance_total'] / zeroth['variance_total']:.3g}" if first and zeroth else "n/a")
+            cosine = f"{first['cosine']:.2f}" if first and not math.isnan(first.get("cosine", math.nan)) else "n/a"
+            loses = "never"
+            for candidate in horizons:
+                later = [x for x in horizons if x >= candidate]
+                if all(("random", x, "first_order") in cell and ("random", x, "likelihood_ratio") in cell
+                       and cell["random", x, "first_order"]["variance_total"]
+                       >= cell["random", x, "likelihood_ratio"]["variance_total"] for x in later):
+                    loses = f"{candidate} ({candidate * info['time_step']:.3g} s)"
+                    break
+            lines.append(f"| `{name}` | {info['system']} | {h} ({h * info['time_step']:.3g} s) | {ratio} | {cosine} | "
+                         f"{loses} |")
+    return lines
+
+
+def findings_csv(findings: Sequence[Finding], path: Path) -> None:
+    """``findings.csv``: one row per finding (kind, task, subject, opponent, verdict, statistic, interval, the
+    numbers it quotes as JSON, the claim and its test)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["kind", "task", "subject", "opponent", "verdict", "statistic", "low", "high", "best",
+                         "numbers", "claim", "test"])
+        for f in findings:
+            data = asdict(f)
+            writer.writerow([f.kind, f.task, f.subject, f.opponent, f.verdict, f.statistic, f.low, f.high, f.best,
+                             json.dumps(dict(data["numbers"]), sort_keys=True), f.claim, f.test])
+
+
+def draw_heatmaps(summary: Sequence[dict], figures: Path) -> list[str]:
+    """The study's two heat maps (task x method): normalized score and time to 0.99 (``scripts/plot.py``'s)."""
+    from plot import HEATMAPS, plot_heatmaps
+
+    def parsed(row: dict) -> dict:
+        numbers = ("normalized_score", "gap_to_optimum", "n_seeds", "env_steps_to_99", "wall_time_s_to_99",
+                   "seeds_reaching_99")
+        return {"physics": row["physics"], "algo": row["algo"], **{k: _f(row.get(k)) for k in numbers}}
+
+    figures.mkdir(parents=True, exist_ok=True)
+    plot_heatmaps([parsed(row) for row in summary], figures, "study")
+    return list(HEATMAPS)
+
+
+def report(out: Path, parts: Sequence[Part], gradients: Sequence[GradientPart], suffix: str = "_tuned",
+           figures: bool = True) -> str:
+    """The study's ``REPORT.md`` text (and ``findings.csv``, ``figures/`` under ``out``)."""
+    summary = tuned_only([row for part in parts for row in part.summary], suffix)
+    runs = tuned_only([row for part in parts for row in part.runs], suffix)
+    findings = study_findings(runs)
+    tasks = list(dict.fromkeys(row["physics"] for row in runs))
+    one, code = code_lines(parts, gradients)
+    out.mkdir(parents=True, exist_ok=True)
+    findings_csv(findings, out / "findings.csv")
+    wall = sum(part.wall_time_s for part in parts) + sum(float(g.info.get("wall_time_s") or 0.0) for g in gradients)
+    devices = sorted({d for part in parts for d in part.devices} | {str(g.info.get("device")) for g in gradients})
+    methods = list(dict.fromkeys(row["algo"] for row in runs))
+    lines = ["# When does backpropagation through the simulator beat model-free RL? (second edition)", "",
+             f"{len(tasks)} tasks ({', '.join(f'`{t}`' for t in tasks)}), {len(methods)} methods at their tuned "
+             f"settings ({', '.join(f'`{m}`' for m in methods)}), {len(runs)} runs, scored by one evaluator against "
+             "each task's optimum. Parts: " + ", ".join(f"[`{p.name}`](../{p.name}/REPORT.md)"
+                                                         for p in (*parts, *gradients)) + ".", ""]
+    if not one:
+        lines += ["> **Not one code version** (see *Code version*): these numbers are not the study's yet.", ""]
+    lines += ["## Answer", "", *answer(findings), "",
+              f"The study's wall-clock: {wall / 3600:.2f} h of runner time over its parts (training runs "
+              f"{sum(p.wall_time_s for p in parts) / 3600:.2f} h, gradient measurements "
+              f"{sum(float(g.info.get('wall_time_s') or 0.0) for g in gradients) / 3600:.2f} h) on "
+              f"{'; '.join(devices)}.", ""]
+    lines += ["## Every task and method", "", *task_table(summary), "",
+              "IQM normalized score: the interquartile mean of the seeds' final normalized scores (1 = the task's "
+              "optimum, 0 = the zero-action policy) with its 95% stratified-bootstrap interval. Gap: the task's "
+              "optimum minus the mean final return. Failed: final normalized score below 0.9. Times: training "
+              "seconds and env steps to the first evaluation at a normalized score of 0.99, medians over the seeds "
+              "that got there.", ""]
+    if figures and summary:
+        for name in draw_heatmaps(summary, out / "figures"):
+            lines += [f"![{name[:-4].replace('_', ' ')}](figures/{name})", ""]
+    head = [f for f in findings if f.best]
+    rest = [f for f in findings if not f.best]
+    lines += ["## Findings", "",
+              "Each task's best backpropagation method against its best model-free method (both by the IQM of the "
+              "final normalized score), decided by the test in the third column (`research/findings.py`): a "
+              "probability of improvement whose 95% stratified-bootstrap interval lies above or below 0.5; a ratio of "
+              "median times to a normalized score of 0.99 (a seed that never got there counts as never) whose 95% "
+              "bootstrap interval lies above or below 1; otherwise `tie`. Every finding is a row of "
+              "[`findings.csv`](findings.csv).", "", *render(head), ""]
+    if rest:
+        lines += [f"<details><summary>Every other backpropagation method against the same opponent ({len(rest)} "
+                  "findings)</summary>", "", *render(rest), "", "</details>", ""]
+    along = axis_lines(findings, tasks)
+    if along:
+        lines += ["## Along each axis", "", *along, ""]
+    table = gradient_lines(gradients)
+    if table:
+        lines += ["## Why: the gradients on each task", "",
+                  "From the gradient studies (" + ", ".join(f"[`{g.name}`](../{g.name}/REPORT.md)" for g in gradients)
+                  + "): the first-order (BPTT) gradient of the smoothed H-step return against the likelihood-ratio "
+                  "one, at each task's tuned BPTT policy of the study (seed 0) and at a random policy. A variance "
+                  "ratio below 1: first order is the lower-variance estimator there; a cosine near 1: both estimate "
+                  "the same direction (first order is unbiased there).", "", *table, ""]
+    lines += code
+    lines += ["## Regenerate", "", "```bash", "make study", "```", "",
+              "Each part resumes where it stopped; this report is rebuilt from the parts' files alone by "
+              "`python scripts/study.py " + " ".join(_invocation(out, parts, gradients, suffix)) + "`.", ""]
+    return "\n".join(lines)
+
+
+def _invocation(out: Path, parts: Sequence[Part], gradients: Sequence[GradientPart], suffix: str) -> list[str]:
+    args = [str(out), "--experiments", *(p.name for p in parts)]
+    if gradients:
+        args += ["--gradients", *(g.name for g in gradients)]
+    return args + ([] if suffix == "_tuned" else ["--rows", suffix])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the study's folder, e.g. results/study (its parts lie beside it)")
+    parser.add_argument("--experiments", nargs="+", required=True, help="training experiments (folders beside out)")
+    parser.add_argument("--gradients", nargs="*", default=[], help="gradient studies (folders beside out)")
+    parser.add_argument("--rows", default="_tuned", help="the suffix of the method labels that enter the findings")
+    args = parser.parse_args(argv)
+    parts = [load_part(args.out.parent / name) for name in args.experiments]
+    gradients = [load_gradient_part(args.out.parent / name) for name in args.gradients]
+    text = report(args.out, parts, gradients, args.rows)
+    (args.out / "REPORT.md").write_text(text)
+    print(f"wrote {args.out / 'REPORT.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
