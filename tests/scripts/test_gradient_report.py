@@ -110,17 +110,22 @@ def test_a_directory_without_a_study_is_an_error_naming_the_files(tmp_path):
     assert missing.returncode != 0 and "no experiment directory" in missing.stderr
 
 
+def scaled_rows(scale: dict[str, float]) -> list[dict]:
+    """Rows of every task of ``scale``, two policies, H = 1, 10, 100: zeroth-order variance 1, first order
+    ``scale[task] * H``."""
+    return [{"physics": ph, "policy": p, "horizon": h, "estimator": e, "lr_baseline": "reward_to_go_baseline",
+             "grad_norm": 1.0, "mean_sample_norm": 2.0, "median_sample_norm": 1.0, "variance_mean": 0.01,
+             "variance_total": scale[ph] * h if e == "first_order" else 1.0, "relative_se": 0.01, "cosine": 0.99,
+             "cosine_se": 0.001, "return_mean": -3.0 * h, "samples": 100}
+            for ph in scale for p in ("random", "trained") for h in (1, 10, 100) for e in ESTIMATORS]
+
+
 def multi_preset_study(exp_dir: Path) -> None:
     """Two presets, two policies: zeroth-order variance 1 everywhere, first order ``c * H`` with ``c`` = 1e-3 on
     default physics (below at every horizon) and 0.04 on the wall (ratios 0.04, 0.4, 4: above from H = 100 on)."""
     exp_dir.mkdir(parents=True, exist_ok=True)
     scale = {"default": 1e-3, "wall": 0.04}
-    rows = [{"physics": ph, "policy": p, "horizon": h, "estimator": e, "lr_baseline": "reward_to_go_baseline",
-             "grad_norm": 1.0, "mean_sample_norm": 2.0, "median_sample_norm": 1.0, "variance_mean": 0.01,
-             "variance_total": scale[ph] * h if e == "first_order" else 1.0, "relative_se": 0.01, "cosine": 0.99,
-             "cosine_se": 0.001, "return_mean": -3.0 * h, "samples": 100}
-            for ph in scale for p in ("random", "trained") for h in (1, 10, 100) for e in ESTIMATORS]
-    (exp_dir / "gradient_study.csv").write_text(rows_to_csv(rows))
+    (exp_dir / "gradient_study.csv").write_text(rows_to_csv(scaled_rows(scale)))
     config = {"description": "synthetic", "horizons": [1, 10, 100], "samples": 100, "chunk": 50, "dtype": "float64",
               "action_noise": 0.3, "likelihood_ratio_baseline": "reward_to_go_baseline", "physics": list(scale)}
     policy = {"source": "made up", "parameters": 5, "training_eval": None,
@@ -193,12 +198,7 @@ def system_study(exp_dir: Path) -> None:
     variance 1 everywhere, first order ``c * H`` (``c`` = 1e-3, 0.04 and 0.5)."""
     exp_dir.mkdir(parents=True, exist_ok=True)
     scale = {"default": 1e-3, "cartpole": 0.04, "acrobot": 0.5}
-    rows = [{"physics": ph, "policy": p, "horizon": h, "estimator": e, "lr_baseline": "reward_to_go_baseline",
-             "grad_norm": 1.0, "mean_sample_norm": 2.0, "median_sample_norm": 1.0, "variance_mean": 0.01,
-             "variance_total": scale[ph] * h if e == "first_order" else 1.0, "relative_se": 0.01, "cosine": 0.99,
-             "cosine_se": 0.001, "return_mean": -3.0 * h, "samples": 100}
-            for ph in scale for p in ("random", "trained") for h in (1, 10, 100) for e in ESTIMATORS]
-    (exp_dir / "gradient_study.csv").write_text(rows_to_csv(rows))
+    (exp_dir / "gradient_study.csv").write_text(rows_to_csv(scaled_rows(scale)))
     config = {"description": "synthetic", "horizons": [1, 10, 100], "samples": 100, "chunk": 50, "dtype": "float64",
               "action_noise": 0.15, "action_noise_scale": "max_action",
               "likelihood_ratio_baseline": "reward_to_go_baseline", "physics": list(scale)}
