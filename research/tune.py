@@ -531,7 +531,9 @@ def _fingerprint(plan: TunePlan, search: Search) -> str:
     blob = {"settings": {k: v for k, v in dataclasses.asdict(plan.settings).items()
                          if k not in ("description", "trials", "tasks", "algos", "report_seeds", "order",
                                       "recipe_rows", "evaluations")},
-            "space": [p.describe() for p in search.params], "table": search.table, "device": plan.device}
+            "space": [p.describe() for p in search.params], "table": search.table,
+            # the device the trials run on: no --device and --device cpu are one tuning (runs default to the CPU)
+            "device": plan.device or search.table.get("device") or "cpu"}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -719,8 +721,8 @@ def _open_study(plan: TunePlan, search: Search) -> Any:
             target = target / physics_entry(search.task)[2] / search.algo
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(search.directory), str(target))
-            log.info("%s: its settings changed since the study began: moved to %s, starting again", search.name,
-                     target)
+            log.warning("%s: its settings changed since the study began: moved to %s, starting again",
+                        search.name, target)
     search.directory.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(journal)))
     study = optuna.create_study(storage=storage, study_name=f"{plan.name}/{search.name}", direction="maximize",

@@ -4,6 +4,7 @@ equal budgets, the disjoint tuning seeds and start states, and one-line errors f
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import sys
@@ -238,6 +239,23 @@ def test_max_env_steps_keeps_recorded_hashes():
     config = json.loads((run / "config.json").read_text())["config"]
     rebuilt = from_dict(get_algo("bptt")[0], config)
     assert config_hash(rebuilt) == json.loads((run / "summary.json").read_text())["config_hash"]
+
+
+def test_the_device_a_search_runs_on_is_its_fingerprint_not_how_it_was_named(tmp_path):
+    """Without --device the trials run on the CPU, as with --device cpu: both resume the same studies (a fingerprint
+    that differed moved a finished tuning aside and started it again); another device is another tuning."""
+    from research.tune import _fingerprint
+
+    path = tmp_path / "fp.toml"
+    path.write_text(TINY.format(trials=2))
+
+    def fingerprints(device):
+        plan = load_tune(path, tmp_path / "results", device=device, tuned_dir=tmp_path / "tuned")
+        return [_fingerprint(plan, search) for search in plan.searches]
+
+    plan = load_tune(path, tmp_path / "results", device="cpu", tuned_dir=tmp_path / "tuned")
+    assert fingerprints(None) == fingerprints("cpu") != [_fingerprint(dataclasses.replace(plan, device="cuda"), search)
+                                                         for search in plan.searches]
 
 
 def test_objective_iqm():
