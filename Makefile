@@ -53,10 +53,10 @@ race: ## the fair race: experiments/tuned/$(RACE).toml (written by make tune TUN
 study: ## the study, second edition: make race, study_presets, the gradient studies (each resumable), then results/study/REPORT.md
 	$(MAKE) --no-print-directory race
 	for exp in $(STUDY_EXPERIMENTS) $(STUDY_GRADIENTS); do $(MAKE) --no-print-directory experiment EXP=$$exp || exit 1; done
-	$(MAKE) --no-print-directory study-report
+	$(MAKE) --no-print-directory study-report STUDY_MEDIA=--media
 
 study-report: ## results/study/REPORT.md, findings.csv and figures from the study's finished parts (no runs)
-	$(PYTHON) scripts/study.py $(RESULTS)/study --experiments $(RACE) $(STUDY_EXPERIMENTS) --gradients $(STUDY_GRADIENTS)
+	$(PYTHON) scripts/study.py $(RESULTS)/study --experiments $(RACE) $(STUDY_EXPERIMENTS) --gradients $(STUDY_GRADIENTS) $(STUDY_MEDIA)
 
 aggregate: ## results/$(EXP)/summary.csv from the run directories
 	$(PYTHON) scripts/aggregate.py $(RESULTS)/$(EXP)

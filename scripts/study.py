@@ -6,7 +6,8 @@
 ``make study`` runs the parts (the race, the presets experiment, the two gradient studies; each resumable) and then
 this script, which reads only what they wrote under the results folder: each training experiment's ``runs.csv``,
 ``summary.csv`` and run directories (``scripts/aggregate.py`` first), each gradient study's ``gradient_study.csv``
-and ``config.json``. It writes ``REPORT.md``, ``findings.csv`` (every finding, one row each) and ``figures/``.
+and ``config.json``. It writes ``REPORT.md``, ``findings.csv`` (every finding, one row each), ``figures/`` and, with
+``--media``, ``media/<task>.gif`` (each task's best backpropagation and model-free policies side by side).
 
 Every verdict is a :class:`research.findings.Finding`: a claim, the numbers it rests on and the test that decides
 it (a probability of improvement or a ratio of median times to a normalized score of 0.99, with its 95% interval).
@@ -216,6 +217,42 @@ def gradient_lines(parts: Sequence[GradientPart], horizon: int = GRADIENT_HORIZO
     return lines
 
 
+def median_seed_policy(parts: Sequence[Part], task: str, label: str) -> Path | None:
+    """The ``policy.pt`` of ``label``'s run on ``task`` with the median final return (the lower of the two middle
+    ones for an even count), from whichever part ran it; ``None`` when none did."""
+    for part in parts:
+        rows = sorted((row for row in part.runs if row["physics"] == task and row["algo"] == label),
+                      key=lambda row: float(row["final_return_mean"]))
+        if rows:
+            row = rows[(len(rows) - 1) // 2]
+            path = part.directory / task / label / f"seed_{row['seed']}" / "policy.pt"
+            return path if path.is_file() else None
+    return None
+
+
+def render_media(out: Path, parts: Sequence[Part], findings: Sequence[Finding]) -> list[tuple[str, Path]]:
+    """Per task, one GIF of its best backpropagation and best model-free method side by side (the median seed of
+    each), from the starts ``python -m research.render --system`` chooses (the first one's best, median and worst of
+    the first 100 evaluation starts): ``out/media/<task>.gif``. Returns ``[(task, path)]``."""
+    from research.render import main as render
+
+    written = []
+    for finding in findings:
+        if not (finding.best and finding.kind == "final score"):
+            continue
+        policies = [median_seed_policy(parts, finding.task, label) for label in (finding.subject, finding.opponent)]
+        if None in policies:
+            continue
+        config = json.loads((policies[0].parent / "config.json").read_text())["config"]
+        system, preset = config["env"].get("system", "pendulum"), config["env"].get("physics", "default")
+        path = out / "media" / f"{finding.task}.gif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render(["--system", system, "--physics", preset, "--policy", *map(str, policies), "--out", str(path),
+                "--mp4", "no"])
+        written.append((finding.task, path))
+    return written
+
+
 def findings_csv(findings: Sequence[Finding], path: Path) -> None:
     """``findings.csv``: one row per finding (kind, task, subject, opponent, verdict, statistic, interval, the
     numbers it quotes as JSON, the claim and its test)."""
@@ -244,7 +281,7 @@ def draw_heatmaps(summary: Sequence[dict], figures: Path) -> list[str]:
 
 
 def report(out: Path, parts: Sequence[Part], gradients: Sequence[GradientPart], suffix: str = "_tuned",
-           figures: bool = True) -> str:
+           figures: bool = True, media: bool = False) -> str:
     """The study's ``REPORT.md`` text (and ``findings.csv``, ``figures/`` under ``out``)."""
     summary = tuned_only([row for part in parts for row in part.summary], suffix)
     runs = tuned_only([row for part in parts for row in part.runs], suffix)
@@ -300,6 +337,14 @@ def report(out: Path, parts: Sequence[Part], gradients: Sequence[GradientPart], 
                   "one, at each task's tuned BPTT policy of the study (seed 0) and at a random policy. A variance "
                   "ratio below 1: first order is the lower-variance estimator there; a cosine near 1: both estimate "
                   "the same direction (first order is unbiased there).", "", *table, ""]
+    animations = (render_media(out, parts, findings) if media else
+                  [(task, out / "media" / f"{task}.gif") for task in tasks if (out / "media" / f"{task}.gif").is_file()])
+    if animations:
+        lines += ["## Animations", "",
+                  "Per task, its best backpropagation method beside its best model-free one (the median seed of "
+                  "each; the first panel's best, median and worst of the first 100 evaluation starts; "
+                  "`python -m research.render --system`):", ""]
+        lines += [f"- `{task}`: ![{task}](media/{path.name})" for task, path in animations] + [""]
     lines += code
     lines += ["## Regenerate", "", "```bash", "make study", "```", "",
               "Each part resumes where it stopped; this report is rebuilt from the parts' files alone by "
@@ -320,10 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--experiments", nargs="+", required=True, help="training experiments (folders beside out)")
     parser.add_argument("--gradients", nargs="*", default=[], help="gradient studies (folders beside out)")
     parser.add_argument("--rows", default="_tuned", help="the suffix of the method labels that enter the findings")
+    parser.add_argument("--media", action="store_true", help="(re)render the animations under <out>/media first")
     args = parser.parse_args(argv)
     parts = [load_part(args.out.parent / name) for name in args.experiments]
     gradients = [load_gradient_part(args.out.parent / name) for name in args.gradients]
-    text = report(args.out, parts, gradients, args.rows)
+    text = report(args.out, parts, gradients, args.rows, media=args.media)
     (args.out / "REPORT.md").write_text(text)
     print(f"wrote {args.out / 'REPORT.md'}")
     return 0

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.scripts.test_physics_axis import write_optimal, write_run
 
@@ -96,3 +97,21 @@ def test_the_study_says_when_its_parts_ran_on_different_code(study, tmp_path, mo
     (tmp_path / "presets" / "runs.csv").unlink()
     with pytest.raises(SystemExit, match=r"presets has no runs.csv and summary.csv; run `python scripts/aggregate.py"):
         study.main([str(tmp_path / "study"), "--experiments", "race", "presets"])
+
+
+def test_media_animates_each_tasks_best_of_both_families(study, tmp_path, monkeypatch):
+    """--media: per task, the median seed of its best backpropagation and best model-free method in one GIF."""
+    from research.policies import make_policy, save_policy
+
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    parts(tmp_path, importlib.import_module("aggregate"))
+    for label in ("bptt_tuned", "ddpg_tuned"):
+        for seed in range(4):
+            torch.manual_seed(seed)
+            save_policy(make_policy([8]), tmp_path / "race" / "default" / label / f"seed_{seed}" / "policy.pt")
+    assert study.median_seed_policy([study.load_part(tmp_path / "race")], "default", "bptt_tuned") == (
+        tmp_path / "race" / "default" / "bptt_tuned" / "seed_2" / "policy.pt")  # returns -139, -140, -141, -142
+    assert study.main([str(tmp_path / "study"), "--experiments", "race", "presets", "--media"]) == 0
+    text = (tmp_path / "study" / "REPORT.md").read_text()
+    assert (tmp_path / "study" / "media" / "default.gif").read_bytes()[:6] == b"GIF89a"
+    assert "- `default`: ![default](media/default.gif)" in text and "media/weak.gif" not in text  # weak: no policies
