@@ -294,6 +294,11 @@ def test_unknown_experiment_lists_the_available_ones(tmp_path):
     ('[experiment]\nphysics = ["default", "icy"]\n[bptt]\n', r"experiment.physics must list presets .* unknown \['icy'\]"),
     ('[experiment]\nphysics = ["wall", "wall"]\n[bptt]\n', "experiment.physics must not repeat a preset"),
     ('[experiment]\nphysics = ["wall"]\n[bptt.env]\nphysics = "noisy"\n', r"\[bptt.env\] sets physics while"),
+    ('[experiment]\nphysics = ["default"]\n[bptt]\n[bptt.by_physics.wall]\nlr = 0.1\n',
+     r"\[bptt.by_physics.wall\] is not in experiment.physics \['default'\]"),
+    ("[bptt]\n[bptt.by_physics.wall]\nlr = 0.1\n", r"\[bptt.by_physics\] needs experiment.physics"),
+    ("[experiment]\nenv_steps = -1\n[bptt]\n", r"experiment.env_steps and experiment.wall_time_s must be >= 0"),
+    ("[experiment]\nevaluations = 10\n[bptt]\n", r"experiment.evaluations = 10 needs a common budget to divide"),
 ])
 def test_bad_experiment_files_are_rejected(tmp_path, text, match):
     path = tmp_path / "bad.toml"
@@ -378,12 +383,6 @@ def test_by_physics_tables_set_one_row_per_task(tmp_path):
     assert runs["weak", "bptt_tuned"].env.physics == "weak"  # the axis still sets the physics
     assert (runs["cartpole", "bptt_tuned"].window, runs["cartpole", "bptt_tuned"].lr) == (16, 0.02)
     assert all(runs[p, "bptt"].lr == 0.01 for p in ("default", "weak", "cartpole"))
-    path.write_text('[experiment]\nphysics = ["default"]\n[bptt]\n[bptt.by_physics.wall]\nlr = 0.1\n')
-    with pytest.raises(ConfigError, match=r"\[bptt.by_physics.wall\] is not in experiment.physics \['default'\]"):
-        load_experiment(path, tmp_path)
-    path.write_text("[bptt]\n[bptt.by_physics.wall]\nlr = 0.1\n")
-    with pytest.raises(ConfigError, match=r"\[bptt.by_physics\] needs experiment.physics"):
-        load_experiment(path, tmp_path)
 
 
 def test_tables_from_reuses_settings_tuned_on_one_entry(tmp_path):
@@ -429,12 +428,6 @@ def test_common_budget_cuts_every_method_alike(tmp_path):
     path.write_text(path.read_text().replace("wall_time_s = 30\n", "wall_time_s = 30\nevaluations = 8\n"))
     runs = {run.algo: run.config for run in load_experiment(path, tmp_path).runs}
     assert {(c.eval.interval_env_steps, c.eval.interval_s) for c in runs.values()} == {(5_000, 3.75)}
-    path.write_text("[experiment]\nenv_steps = -1\n[bptt]\n")
-    with pytest.raises(ConfigError, match=r"experiment.env_steps and experiment.wall_time_s must be >= 0"):
-        load_experiment(path, tmp_path)
-    path.write_text("[experiment]\nevaluations = 10\n[bptt]\n")
-    with pytest.raises(ConfigError, match=r"experiment.evaluations = 10 needs a common budget to divide"):
-        load_experiment(path, tmp_path)
 
 
 def test_order_algos_runs_each_method_on_every_physics_first(tmp_path):
