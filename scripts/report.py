@@ -308,6 +308,22 @@ def findings_section(per_run: list[dict]) -> list[str]:
     return lines
 
 
+NOTES = "NOTES.md"
+
+
+def notes_section(exp_dir: Path) -> list[str]:
+    """The experiment's hand-written discussion, ``<exp_dir>/NOTES.md``, under its own heading (none: no lines).
+
+    What a table cannot say (why a budget bound a method, what a surprising row means) is kept in that file, so
+    regenerating the report keeps it and a reader sees plainly which text is measured and which is commentary.
+    """
+    path = exp_dir / NOTES
+    if not path.is_file():
+        return []
+    return [f"## Discussion (written by hand: `{NOTES}`, kept when the report is regenerated)", "",
+            path.read_text().strip(), ""]
+
+
 def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs: list[Run],
                   overall: list[dict] | None = None) -> str:
     manifest = load_manifest(exp_dir) or {}
@@ -335,6 +351,7 @@ def render_report(exp_dir: Path, summary: list[dict], per_run: list[dict], runs:
     lines += optimum_note(summary)
     lines += statistics_section(summary, overall or [], exp_dir)
     lines += findings_section(per_run)
+    lines += notes_section(exp_dir)
     figures = [(name, xlabel) for name, xlabel, _ in FIGURES.values() if (exp_dir / "figures" / name).is_file()]
     for name, xlabel in figures:
         lines += [f"![evaluation return against {xlabel}](figures/{name})", ""]

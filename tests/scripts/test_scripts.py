@@ -167,6 +167,12 @@ def test_report_matches_the_aggregation_and_refuses_stale_csv(scripts, tmp_path)
     assert "3/5" in table["fast"][8] and table["slow"][9] == "never"
     assert "![evaluation return against environment steps (log scale)](figures/return_vs_env_steps.png)" in report
     assert "make experiment EXP=synthetic" in report and "abc123" in report and "torch 2.13.0" in report
+    assert "## Discussion" not in report  # no NOTES.md: no hand-written section
+    (exp_dir / "NOTES.md").write_text("Slow is slow because it is slow.\n")
+    assert scripts.report.main([str(exp_dir)]) == 0
+    report = (exp_dir / "REPORT.md").read_text()
+    assert report.index("## Results") < report.index("## Discussion (written by hand") < report.index("### Per run")
+    assert "\nSlow is slow because it is slow.\n" in report  # the notes survive regeneration
 
     summary = exp_dir / "slow" / "seed_0" / "summary.json"
     data = json.loads(summary.read_text())
