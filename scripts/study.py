@@ -8,6 +8,7 @@ this script, which reads only what they wrote under the results folder: each tra
 ``summary.csv`` and run directories (``scripts/aggregate.py`` first), each gradient study's ``gradient_study.csv``
 and ``config.json``. It writes ``REPORT.md``, ``findings.csv`` (every finding, one row each), ``figures/`` and, with
 ``--media``, ``media/<task>.gif`` (each task's best backpropagation and model-free policies side by side).
+A hand-written ``NOTES.md`` in the study's folder is rendered under its own heading and kept on regeneration.
 
 Every verdict is a :class:`research.findings.Finding`: a claim, the numbers it rests on and the test that decides
 it (a probability of improvement or a ratio of median times to a normalized score of 0.99, with its 95% interval).
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from _rundata import load_manifest, load_runs
 from gradient_report import load_study
+from report import notes_section
 
 from research.findings import Finding, answer, render, study_findings
 from research.systems.pendulum import AXES
@@ -345,6 +347,7 @@ def report(out: Path, parts: Sequence[Part], gradients: Sequence[GradientPart], 
                   "each; the first panel's best, median and worst of the first 100 evaluation starts; "
                   "`python -m research.render --system`):", ""]
         lines += [f"- `{task}`: ![{task}](media/{path.name})" for task, path in animations] + [""]
+    lines += notes_section(out)
     lines += code
     lines += ["## Regenerate", "", "```bash", "make study", "```", "",
               "Each part resumes where it stopped; this report is rebuilt from the parts' files alone by "

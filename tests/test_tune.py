@@ -233,9 +233,9 @@ def test_harness_stops_before_passing_max_env_steps():
 
 
 def test_max_env_steps_keeps_recorded_hashes():
-    run = ROOT / "results" / "pendulum_compare" / "bptt" / "seed_0"
+    run = ROOT / "results" / "tune_race" / "default" / "bptt" / "seed_0"  # the race's recipe BPTT
     if not (run / "summary.json").is_file():
-        pytest.skip("no recorded pendulum_compare run")
+        pytest.skip("no recorded tune_race run")
     config = json.loads((run / "config.json").read_text())["config"]
     rebuilt = from_dict(get_algo("bptt")[0], config)
     assert config_hash(rebuilt) == json.loads((run / "summary.json").read_text())["config_hash"]

@@ -110,7 +110,8 @@ def test_the_blend_runs_on_every_system(system):
 
 
 def test_noise_zero_is_todays_bptt():
-    # the hash of a recorded run (results/when_study/coulomb/bptt/seed_0) is unchanged by the new fields
+    # the hash of a run the first edition recorded (results/when_study/coulomb/bptt/seed_0, retired: see the README)
+    # is unchanged by the new fields
     recorded = {"seed": 0, "env": {"physics": "coulomb"}, "eval": {"interval_env_steps": 81920}}
     assert config_hash(from_dict(BPTTConfig, recorded)) == "f05051bb171afb99"
     assert config_hash(from_dict(BPTTConfig, {**recorded, "action_noise": 0.1})) != "f05051bb171afb99"

@@ -83,6 +83,12 @@ def test_the_study_reports_findings_of_the_tuned_rows_with_axes_and_gradients(st
     weak = [r for r in rows if r["task"] == "weak" and r["kind"] == "final score"]
     assert len(weak) == 1 and weak[0]["verdict"] == "subject" and float(weak[0]["low"]) > 0.5
     assert (tmp_path / "study" / "figures" / "heatmap_normalized_score.png").is_file()
+    assert "## Discussion" not in text
+    (tmp_path / "study" / "NOTES.md").write_text("Weak is a horizon story.\n")
+    assert study.main([str(tmp_path / "study"), "--experiments", "race", "presets", "--gradients", "grads"]) == 0
+    text = (tmp_path / "study" / "REPORT.md").read_text()
+    assert text.index("## Findings") < text.index("## Discussion (written by hand") < text.index("## Code version")
+    assert "\nWeak is a horizon story.\n" in text
 
 
 def test_the_study_says_when_its_parts_ran_on_different_code(study, tmp_path, monkeypatch):
