@@ -105,7 +105,7 @@ def test_the_study_says_when_its_parts_ran_on_different_code(study, tmp_path, mo
         study.main([str(tmp_path / "study"), "--experiments", "race", "presets"])
 
 
-def test_media_animates_each_tasks_best_of_both_families(study, tmp_path, monkeypatch):
+def test_media_animates_each_tasks_best_of_both_families(study, tmp_path, monkeypatch, capsys):
     """--media: per task, the median seed of its best backpropagation and best model-free method in one GIF."""
     from research.policies import make_policy, save_policy
 
@@ -121,3 +121,13 @@ def test_media_animates_each_tasks_best_of_both_families(study, tmp_path, monkey
     text = (tmp_path / "study" / "REPORT.md").read_text()
     assert (tmp_path / "study" / "media" / "default.gif").read_bytes()[:6] == b"GIF89a"
     assert "- `default`: ![default](media/default.gif)" in text and "media/weak.gif" not in text  # weak: no policies
+
+    def broken(argv):
+        raise ValueError("noise must be a standard-normal sample")
+
+    import research.render
+    (tmp_path / "study" / "media" / "default.gif").unlink()
+    monkeypatch.setattr(research.render, "main", broken)  # a task the renderer cannot draw loses only its animation
+    assert study.main([str(tmp_path / "study"), "--experiments", "race", "presets", "--media"]) == 0
+    assert "## Animations" not in (tmp_path / "study" / "REPORT.md").read_text()
+    assert "no animation for default: the renderer failed (noise must be" in capsys.readouterr().err
